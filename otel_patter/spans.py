@@ -1,0 +1,130 @@
+"""The flat span view shared by rollup, the write-ahead log and restart recovery.
+
+`flatten()` walks a (sanitized) OTLP request once and yields one `SpanRecord` per span.
+The WAL stores `record.to_json()`; recovery rebuilds the same record with `from_json()`,
+so rollup has exactly one input shape whether a span arrives live or from disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+STATUS_ERROR = 2
+
+
+def any_value(v: AnyValue) -> Any:
+    """Plain Python value of an OTLP AnyValue (bytes as hex, maps and lists recursively)."""
+    kind = v.WhichOneof("value")
+    if kind == "string_value":
+        return v.string_value
+    if kind == "int_value":
+        return v.int_value
+    if kind == "double_value":
+        d = v.double_value
+        return d if math.isfinite(d) else str(d)
+    if kind == "bool_value":
+        return v.bool_value
+    if kind == "array_value":
+        return [any_value(x) for x in v.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: any_value(kv.value) for kv in v.kvlist_value.values}
+    if kind == "bytes_value":
+        return v.bytes_value.hex()
+    return None
+
+
+def attrs_dict(kvs: Any) -> dict[str, Any]:
+    return {kv.key: any_value(kv.value) for kv in kvs}
+
+
+@dataclass(slots=True)
+class SpanRecord:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    kind: int
+    start_ns: int
+    end_ns: int
+    status_code: int
+    status_message: str
+    attrs: dict[str, Any]
+    events: list[dict[str, Any]]  # {"name", "time_ns", "attrs"}
+    resource: dict[str, Any]
+    scope: str
+    # assigned by rollup
+    call_id: str | None = None
+    side: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Dedupe key: a client retry re-sends the same trace id + span id."""
+        return (self.trace_id, self.span_id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_span_id": self.parent_span_id,
+            "name": self.name,
+            "kind": self.kind,
+            "start_ns": self.start_ns,
+            "end_ns": self.end_ns,
+            "status": {"code": self.status_code, "message": self.status_message},
+            "attributes": self.attrs,
+            "events": self.events,
+            "resource": self.resource,
+            "scope": self.scope,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SpanRecord:
+        status = d.get("status") or {}
+        return cls(
+            trace_id=d["trace_id"],
+            span_id=d["span_id"],
+            parent_span_id=d.get("parent_span_id", ""),
+            name=d.get("name", ""),
+            kind=int(d.get("kind", 0)),
+            start_ns=int(d.get("start_ns", 0)),
+            end_ns=int(d.get("end_ns", 0)),
+            status_code=int(status.get("code", 0)),
+            status_message=status.get("message", ""),
+            attrs=d.get("attributes") or {},
+            events=d.get("events") or [],
+            resource=d.get("resource") or {},
+            scope=d.get("scope", ""),
+        )
+
+
+def flatten(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
+    for rs in request.resource_spans:
+        resource = attrs_dict(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            scope = ss.scope.name
+            for s in ss.spans:
+                yield SpanRecord(
+                    trace_id=s.trace_id.hex(),
+                    span_id=s.span_id.hex(),
+                    parent_span_id=s.parent_span_id.hex(),
+                    name=s.name,
+                    kind=s.kind,
+                    start_ns=s.start_time_unix_nano,
+                    end_ns=s.end_time_unix_nano,
+                    status_code=s.status.code,
+                    status_message=s.status.message,
+                    attrs=attrs_dict(s.attributes),
+                    events=[
+                        {"name": e.name, "time_ns": e.time_unix_nano, "attrs": attrs_dict(e.attributes)}
+                        for e in s.events
+                    ],
+                    resource=resource,
+                    scope=scope,
+                )
