@@ -7,7 +7,7 @@ with `start()`, `shutdown()` and `consume(batch)`. Only `pipeline` knows their o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -34,6 +34,8 @@ class TraceBatch:
     rejected: int = 0  # spans dropped as invalid; reported in partial_success
     messages: list[str] = field(default_factory=list)  # partial_success error_message parts
     records: list[SpanRecord] = field(default_factory=list)
+    plan: Any = None  # rollup's WritePlan: what the store must make durable before the ack
+    arrival: float = 0.0  # wall-clock receive time
 
     def reject(self, count: int, message: str) -> None:
         self.rejected += count

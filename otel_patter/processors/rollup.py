@@ -1,0 +1,409 @@
+"""Rollup: which call each span belongs to, and when a call is final.
+
+Two phases around the store so that nothing is counted before it is durable:
+`assign(batch)` decides (call id, side, duplicates, pending) without changing state
+and leaves a `WritePlan` on the batch; the store makes the plan durable; `apply(batch)`
+then folds the spans into per-call aggregates. `tick()` finalizes calls on their
+signals (0.6 root span end, hang-up usage, a finalize request) or on idle.
+
+Call identity (DESIGN.md "Call identity"): `patter.call_id`, `patter.call.id`,
+`getpatter.call.id` on the span, then on the resource, then another span of the same
+trace. Never the trace alone: 0.7.0 starts a new trace for most top-level spans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_patter.component import TraceBatch
+from otel_patter.config import Config
+from otel_patter.pricing import PriceBook
+from otel_patter.processors.envelope import ModelDefaults, build_envelope
+from otel_patter.processors.rollup_state import SIDES, CallState, explicit_side, first_call_id
+from otel_patter.selfmetrics import SelfMetrics
+from otel_patter.spans import SpanRecord
+from otel_patter.store.envelope_store import EnvelopeStore, StoreError, parse_iso
+from otel_patter.store.paths import relative_call_dir, valid_call_id
+
+log = logging.getLogger("otel_patter.rollup")
+
+OWN_SERVICE = "otel-patter"
+TRACE_MAP_MAX = 200_000
+EVICT_AFTER_S = 120.0
+ENVELOPE_DEBOUNCE_S = 1.0
+
+
+@dataclass(slots=True)
+class WritePlan:
+    by_call: dict[str, list[SpanRecord]] = field(default_factory=dict)
+    reldirs: dict[str, str] = field(default_factory=dict)
+    index: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[SpanRecord] = field(default_factory=list)
+    resolved_pending: list[SpanRecord] = field(default_factory=list)
+    duplicates: int = 0
+
+
+class RollupProcessor:
+    def __init__(self, cfg: Config, store: EnvelopeStore, book: PriceBook, metrics: SelfMetrics,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.book = book
+        self.metrics = metrics
+        self.clock = clock
+        self.defaults = ModelDefaults(dict(cfg.llm_default_model), dict(cfg.stt_default_model),
+                                      dict(cfg.tts_default_model))
+        self.calls: dict[str, CallState] = {}
+        self.index: dict[str, dict[str, Any]] = {}
+        self.trace_calls: OrderedDict[str, str] = OrderedDict()
+        self.pending: dict[str, list[tuple[SpanRecord, float]]] = {}
+        self._pending_dirty = False
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.on_final: list[Callable[[CallState, dict[str, Any]], None]] = []
+        self.ready = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.recover()
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.flush_envelopes(force=True)
+
+    # -- identity ------------------------------------------------------------------------------
+    def _learn_trace(self, trace_id: str, call_id: str) -> None:
+        if trace_id not in self.trace_calls:
+            self.trace_calls[trace_id] = call_id
+            if len(self.trace_calls) > TRACE_MAP_MAX:
+                self.trace_calls.popitem(last=False)
+
+    def _call_id_of(self, rec: SpanRecord) -> str | None:
+        return first_call_id(rec.attrs) or first_call_id(rec.resource)
+
+    def _side_of(self, rec: SpanRecord, state: CallState | None) -> str:
+        side = explicit_side(rec)
+        if side is None and state is not None:
+            instance = str(rec.resource.get("service.instance.id") or "")
+            declared = {s for (i, s) in state.groups if i == instance and s in SIDES}
+            side = next(iter(declared)) if len(declared) == 1 else None
+        return side or "uut"
+
+    def _state(self, call_id: str) -> CallState | None:
+        """The call in memory, reloaded from its WAL if it was evicted after finalization."""
+        state = self.calls.get(call_id)
+        if state is None and call_id in self.index:
+            state = self._load(call_id, self.index[call_id])
+        return state
+
+    # -- phase 1: decide ----------------------------------------------------------------------
+    def assign(self, batch: TraceBatch) -> None:
+        plan = WritePlan()
+        batch.plan = plan
+        local_traces: dict[str, str] = {}
+        ids: list[str | None] = []
+        for rec in batch.records:
+            cid = None
+            if rec.resource.get("service.name") != OWN_SERVICE:
+                cid = self._call_id_of(rec)
+                if cid is not None and not valid_call_id(cid):
+                    self.metrics.spans_unattributed.labels("invalid_call_id").inc()
+                    batch.messages.append("span with an invalid call id (too long or not printable) not rolled up")
+                    cid = ""
+                if cid:
+                    local_traces.setdefault(rec.trace_id, cid)
+            else:
+                cid = ""
+                self.metrics.spans_unattributed.labels("own_summary").inc()
+            ids.append(cid)
+        seen_now: set[tuple[str, str]] = set()
+        for rec, cid in zip(batch.records, ids, strict=True):
+            if cid == "":
+                continue
+            if cid is None:
+                cid = local_traces.get(rec.trace_id) or self.trace_calls.get(rec.trace_id)
+            if cid is None:
+                if rec.key in seen_now or any(r.key == rec.key for r, _ in self.pending.get(rec.trace_id, ())):
+                    plan.duplicates += 1
+                else:
+                    plan.pending.append(rec)
+                seen_now.add(rec.key)
+                continue
+            self._plan_span(plan, rec, cid, seen_now)
+        # spans that waited for their trace's call id
+        for trace_id, cid in local_traces.items():
+            for rec, _arrival in self.pending.get(trace_id, ()):
+                plan.resolved_pending.append(rec)
+                self._plan_span(plan, rec, cid, seen_now)
+        batch.records = [r for recs in plan.by_call.values() for r in recs]
+
+    def _plan_span(self, plan: WritePlan, rec: SpanRecord, cid: str, seen_now: set[tuple[str, str]]) -> None:
+        state = self._state(cid)
+        if rec.key in seen_now or (state is not None and rec.key in state.seen):
+            plan.duplicates += 1
+            return
+        seen_now.add(rec.key)
+        rec.call_id = cid
+        rec.side = self._side_of(rec, state)
+        if cid not in plan.reldirs:
+            if state is not None:
+                plan.reldirs[cid] = state.reldir
+                if state.final:
+                    plan.index.append({"id": cid, "open": True, "revision": state.revision + 1})
+            else:
+                reldir = relative_call_dir(cid, rec.start_ns or int(self.clock() * 1e9))
+                plan.reldirs[cid] = reldir
+                plan.index.append({"id": cid, "dir": reldir, "open": True, "revision": 1})
+        plan.by_call.setdefault(cid, []).append(rec)
+
+    # -- phase 2: apply (after the store made the plan durable) -------------------------------
+    def apply(self, batch: TraceBatch) -> None:
+        plan: WritePlan = batch.plan
+        now = batch.arrival or self.clock()
+        if plan.duplicates:
+            self.metrics.spans_duplicate.inc(plan.duplicates)
+        for entry in plan.index:
+            self.index.setdefault(entry["id"], {"dir": None, "open": True, "revision": 1, "reason": None})
+            self.index[entry["id"]].update(entry)
+        for cid, recs in plan.by_call.items():
+            state = self.calls.get(cid)
+            if state is None:
+                state = self._state(cid) or CallState(cid, plan.reldirs[cid])
+                self.calls[cid] = state
+            if state.final:
+                state.final = False
+                state.final_reason = None
+                state.revision += 1
+            for rec in recs:
+                state.add(rec, now)
+                self._learn_trace(rec.trace_id, cid)
+        for rec in plan.resolved_pending:
+            lst = self.pending.get(rec.trace_id)
+            if lst:
+                lst[:] = [(r, t) for r, t in lst if r.key != rec.key]
+                if not lst:
+                    del self.pending[rec.trace_id]
+            self._pending_dirty = True
+        for rec in plan.pending:
+            self.pending.setdefault(rec.trace_id, []).append((rec, now))
+        self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
+        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
+
+    # -- finalization ---------------------------------------------------------------------------
+    def request_finalize(self, call_id: str) -> bool:
+        state = self._state(call_id)
+        if state is None:
+            return False
+        if call_id not in self.calls:
+            self.calls[call_id] = state
+        if not state.final:
+            state.finalize_requested_at = self.clock()
+        return True
+
+    def _deadline(self, state: CallState) -> tuple[float, str]:
+        if state.finalize_requested_at is not None:
+            return state.finalize_requested_at, "finalize_request"
+        grace = self.cfg.rollup.final_grace
+        idle = self.cfg.rollup.idle_timeout
+        sides: dict[str, list[Any]] = {}
+        declared: dict[str, set[str]] = {}
+        for (inst, side) in state.groups:
+            if side is not None:
+                declared.setdefault(inst, set()).add(side)
+        for (inst, side), g in state.groups.items():
+            if side is None:
+                opts = declared.get(inst, set())
+                side = next(iter(opts)) if len(opts) == 1 else "uut"
+            cur = sides.setdefault(side, [0.0, None, False])
+            cur[0] = max(cur[0], g.last_arrival)
+            if g.signal_at is not None:
+                cur[1] = g.signal_at if cur[1] is None else min(cur[1], g.signal_at)
+                cur[2] = cur[2] or g.root_ended
+        best = (0.0, "idle_timeout")
+        for last, signal, root in sides.values():
+            if signal is not None:
+                d = (max(last, signal) + grace, "root_span_end" if root else "hangup_usage")
+            else:
+                d = (last + idle, "idle_timeout")
+            best = max(best, d)
+        return best
+
+    def tick(self) -> None:
+        now = self.clock()
+        for cid, state in list(self.calls.items()):
+            if not state.final:
+                deadline, reason = self._deadline(state)
+                if now >= deadline:
+                    self._finalize(state, reason, now)
+            elif state.final_at is not None and now - state.final_at > EVICT_AFTER_S and not state.dirty:
+                del self.calls[cid]
+        self.flush_envelopes()
+        self._expire_pending(now)
+        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
+
+    def _finalize(self, state: CallState, reason: str, now: float) -> None:
+        state.final = True
+        state.final_reason = reason
+        state.final_at = now
+        state.finalize_requested_at = None
+        try:
+            self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
+                                      "reason": reason}])
+            envelope = self._write(state)
+        except StoreError as e:
+            self.metrics.store_errors.labels("finalize").inc()
+            log.warning("finalize of a call failed; will retry: %s", e.strerror)
+            state.final = False
+            state.final_reason = None
+            state.final_at = None
+            return
+        self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
+            {"open": False, "revision": state.revision, "reason": reason})
+        self.metrics.calls_finalized.labels(reason).inc()
+        for hook in self.on_final:
+            hook(state, envelope)
+        for fut in self._waiters.pop(state.call_id, []):
+            if not fut.done():
+                fut.set_result(None)
+
+    def envelope(self, state: CallState) -> dict[str, Any]:
+        return build_envelope(state, self.book, self.defaults)
+
+    def _write(self, state: CallState) -> dict[str, Any]:
+        env = self.envelope(state)
+        self.store.write_envelope(state.reldir, env)
+        state.dirty = False
+        state.last_write = self.clock()
+        return env
+
+    def flush_envelopes(self, force: bool = False) -> None:
+        now = self.clock()
+        for state in self.calls.values():
+            if state.dirty and (force or now - state.last_write >= ENVELOPE_DEBOUNCE_S):
+                try:
+                    self._write(state)
+                except StoreError:
+                    self.metrics.store_errors.labels("envelope").inc()
+                    return
+
+    def _expire_pending(self, now: float) -> None:
+        limit = self.cfg.rollup.pending_timeout
+        for trace_id in list(self.pending):
+            kept = [(r, t) for r, t in self.pending[trace_id] if now - t < limit]
+            expired = len(self.pending[trace_id]) - len(kept)
+            if expired:
+                self.metrics.spans_unattributed.labels("no_call_id").inc(expired)
+                self._pending_dirty = True
+            if kept:
+                self.pending[trace_id] = kept
+            else:
+                del self.pending[trace_id]
+        if self._pending_dirty:
+            try:
+                self.store.rewrite_pending([self._pending_line(r, t) for lst in self.pending.values()
+                                            for r, t in lst])
+                self._pending_dirty = False
+            except StoreError:
+                self.metrics.store_errors.labels("pending").inc()
+        self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
+
+    @staticmethod
+    def _pending_line(rec: SpanRecord, arrival: float) -> str:
+        return EnvelopeStore.wal_line(rec.to_json(), None, arrival)
+
+    async def wait_final(self, call_id: str, timeout: float) -> bool:
+        state = self._state(call_id)
+        if state is not None and state.final:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(call_id, []).append(fut)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            lst = self._waiters.get(call_id)
+            if lst and fut in lst:
+                lst.remove(fut)
+
+    # -- recovery -------------------------------------------------------------------------------
+    def _load(self, call_id: str, entry: dict[str, Any]) -> CallState | None:
+        state = CallState(call_id, entry["dir"], revision=int(entry.get("revision") or 1))
+        for line in self.store.read_wal(entry["dir"]):
+            data = line.get("data")
+            if line.get("type") != "span" or not isinstance(data, dict):
+                continue
+            try:
+                rec = SpanRecord.from_json(data)
+                arrival = parse_iso(line["ts"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if rec.key not in state.seen:
+                state.add(rec, arrival)
+                self._learn_trace(rec.trace_id, call_id)
+        if not state.seen:
+            return None
+        if not entry.get("open", True):
+            state.final = True
+            state.final_reason = entry.get("reason")
+            state.final_at = self.clock()
+        state.dirty = False
+        self.calls[call_id] = state
+        return state
+
+    def recover(self) -> None:
+        """Rebuild open calls and pending spans from disk: results equal an uninterrupted run."""
+        self.index = self.store.read_index()
+        now = self.clock()
+        for cid, entry in self.index.items():
+            if entry.get("open", True):
+                state = self._load(cid, entry)
+                if state is not None:
+                    # a restart is not silence: give every open call a full idle window again
+                    for g in state.groups.values():
+                        g.last_arrival = max(g.last_arrival, now)
+                    state.dirty = True
+        self.store.compact_index(self.index)
+        batch = TraceBatch(request=None)  # type: ignore[arg-type]
+        for line in self.store.read_pending():
+            try:
+                rec = SpanRecord.from_json(line["data"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            batch.records.append(rec)
+        if batch.records:
+            batch.arrival = now
+            self.assign(batch)
+            plan: WritePlan = batch.plan
+            for cid, recs in plan.by_call.items():
+                self.store.append_wal(plan.reldirs[cid], [
+                    EnvelopeStore.wal_line(r.to_json(), r.side, now) for r in recs])
+            self.store.append_index(plan.index)
+            self.apply(batch)
+            self._pending_dirty = True
+        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
+
+    # -- queries ---------------------------------------------------------------------------------
+    def get(self, call_id: str) -> dict[str, Any] | None:
+        state = self._state(call_id)
+        if state is None:
+            return None
+        return self.envelope(state)
+
+    def list_calls(self) -> list[dict[str, Any]]:
+        out = []
+        for cid, entry in self.index.items():
+            state = self.calls.get(cid)
+            if state is not None:
+                out.append(self.envelope(state))
+            else:
+                env = self.store.read_envelope(entry["dir"])
+                if env is not None:
+                    out.append(env)
+        return out

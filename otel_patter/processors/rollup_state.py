@@ -1,0 +1,254 @@
+"""Per-call aggregates: what one call's spans add up to, before pricing.
+
+A call's spans are grouped by (service.instance.id, explicit side). The side of spans
+that do not say theirs (every `getpatter.*` span in 0.7.0) is decided when the
+envelope is built, from the sides other spans of the same instance declared, so a
+late-arriving cost span still moves earlier stage spans to the right side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from otel_patter.spans import STATUS_ERROR, SpanRecord
+
+CALL_ID_KEYS = ("patter.call_id", "patter.call.id", "getpatter.call.id")
+SIDES = ("uut", "driver")
+ROOT_SPAN = "getpatter.call"  # 0.6 documented root; never emitted by 0.7.0
+LLM_SPAN = "getpatter.llm"
+FIRST_TOKEN_EVENT = "patter.event.llm_first_token"
+MODEL_KEYS = ("patter.llm.model", "gen_ai.request.model")
+PATTER_SPAN_PREFIXES = ("getpatter.", "patter.")
+
+# usage attribute -> (component, provider attribute)
+USAGE_KEYS: dict[str, tuple[str, str]] = {
+    "patter.cost.stt_seconds": ("stt", "patter.stt.provider"),
+    "patter.cost.tts_chars": ("tts", "patter.tts.provider"),
+    "patter.cost.telephony_minutes": ("telephony", "patter.telephony"),
+    "patter.cost.realtime_minutes": ("realtime", "patter.realtime.provider"),
+}
+LLM_INPUT = "patter.cost.llm_input_tokens"
+LLM_OUTPUT = "patter.cost.llm_output_tokens"
+HANGUP_KEYS = ("patter.cost.telephony_minutes", "patter.cost.realtime_minutes")
+
+
+def dec(v: Any) -> Decimal:
+    return Decimal(str(v))
+
+
+def first_call_id(attrs: dict[str, Any]) -> str | None:
+    for k in CALL_ID_KEYS:
+        v = attrs.get(k)
+        if isinstance(v, str) and v:
+            return v
+    return None
+
+
+def explicit_side(rec: SpanRecord) -> str | None:
+    v = rec.attrs.get("patter.side") or rec.resource.get("patter.side")
+    return v if v in SIDES else None
+
+
+def span_model(rec: SpanRecord) -> str | None:
+    for k in MODEL_KEYS:
+        v = rec.attrs.get(k)
+        if isinstance(v, str) and v:
+            return v
+    for ev in rec.events:
+        if ev["name"] == FIRST_TOKEN_EVENT:
+            for k in MODEL_KEYS:
+                v = ev["attrs"].get(k)
+                if isinstance(v, str) and v:
+                    return v
+    return None
+
+
+def _is_framework_span(rec: SpanRecord) -> bool:
+    return not rec.name.startswith(PATTER_SPAN_PREFIXES)
+
+
+@dataclass(slots=True)
+class GroupAgg:
+    """What the spans of one (instance, side) group of a call add up to."""
+
+    spans: int = 0
+    turn_idx: set[int] = field(default_factory=set)
+    outer_llm: int = 0
+    iter0_llm: int = 0
+    ttfb_ms: list[float] = field(default_factory=list)
+    turn_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+    barge_ins: int = 0
+    tool_calls: int = 0
+    tts_spans: int = 0
+    errors: int = 0
+    redactions: int = 0
+    stt: dict[str, Decimal] = field(default_factory=dict)
+    tts: dict[str, Decimal] = field(default_factory=dict)
+    telephony: dict[str, Decimal] = field(default_factory=dict)
+    realtime: dict[str, Decimal] = field(default_factory=dict)
+    # (provider, model or None) -> [input, output]
+    llm: dict[tuple[str, str | None], list[int]] = field(default_factory=dict)
+    framework_cost_spans: int = 0
+    hangup: bool = False
+    root_ended: bool = False
+    root_error: str | None = None
+    direction: str | None = None
+    provider_mode: str | None = None
+    last_arrival: float = 0.0
+    signal_at: float | None = None  # first hang-up / root-end arrival time
+
+    def add(self, rec: SpanRecord, arrival: float) -> None:
+        a = rec.attrs
+        self.spans += 1
+        self.last_arrival = max(self.last_arrival, arrival)
+        self.redactions += int(a.get("otel_patter.redacted_count") or 0)
+        if rec.status_code == STATUS_ERROR:
+            self.errors += 1
+        name = rec.name
+        if name == LLM_SPAN:
+            iteration = a.get("patter.llm.iteration", a.get("getpatter.llm.iteration"))
+            if iteration is None:
+                self.outer_llm += 1
+            elif iteration == 0:
+                self.iter0_llm += 1
+            for ev in rec.events:
+                if ev["name"] == FIRST_TOKEN_EVENT and ev["time_ns"] >= rec.start_ns:
+                    self.ttft_ms.append((ev["time_ns"] - rec.start_ns) / 1e6)
+            if "getpatter.llm.ttft_ms" in a and not any(e["name"] == FIRST_TOKEN_EVENT for e in rec.events):
+                self.ttft_ms.append(float(a["getpatter.llm.ttft_ms"]))
+        elif name == "getpatter.bargein":
+            self.barge_ins += 1
+        elif name == "getpatter.tool":
+            self.tool_calls += 1
+        elif name == "getpatter.tts":
+            self.tts_spans += 1
+        elif name == ROOT_SPAN:
+            self.root_ended = True
+            self.signal_at = self.signal_at or arrival
+            self.direction = a.get("getpatter.call.direction") or self.direction
+            self.provider_mode = a.get("getpatter.call.provider_mode") or self.provider_mode
+            if rec.status_code == STATUS_ERROR:
+                self.root_error = "error"
+        idx = a.get("patter.turn.idx")
+        if isinstance(idx, int):
+            self.turn_idx.add(idx)
+        for ev in rec.events:
+            idx = ev["attrs"].get("patter.turn.idx")
+            if isinstance(idx, int):
+                self.turn_idx.add(idx)
+        if "patter.latency.ttfb_ms" in a:
+            self.ttfb_ms.append(float(a["patter.latency.ttfb_ms"]))
+        if "patter.latency.turn_ms" in a:
+            self.turn_ms.append(float(a["patter.latency.turn_ms"]))
+        if isinstance(a.get("patter.direction"), str):
+            self.direction = a["patter.direction"]
+        has_cost = False
+        for key, (component, provider_key) in USAGE_KEYS.items():
+            if key in a:
+                has_cost = True
+                provider = str(a.get(provider_key) or "unknown")
+                bucket: dict[str, Decimal] = getattr(self, component)
+                bucket[provider] = bucket.get(provider, Decimal(0)) + dec(a[key])
+        if LLM_INPUT in a or LLM_OUTPUT in a:
+            has_cost = True
+            line = self.llm.setdefault((str(a.get("patter.llm.provider") or "unknown"), span_model(rec)), [0, 0])
+            line[0] += int(a.get(LLM_INPUT) or 0)
+            line[1] += int(a.get(LLM_OUTPUT) or 0)
+        if any(k in a for k in HANGUP_KEYS):
+            self.hangup = True
+            self.signal_at = self.signal_at or arrival
+        if has_cost and _is_framework_span(rec):
+            self.framework_cost_spans += 1
+
+    def merge(self, other: GroupAgg) -> None:
+        """Fold another group into this one (several instances on one side)."""
+        for f in ("spans", "outer_llm", "iter0_llm", "barge_ins", "tool_calls", "tts_spans", "errors", "redactions",
+                  "framework_cost_spans"):
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.turn_idx |= other.turn_idx
+        self.ttfb_ms += other.ttfb_ms
+        self.turn_ms += other.turn_ms
+        self.ttft_ms += other.ttft_ms
+        for comp in ("stt", "tts", "telephony", "realtime"):
+            mine: dict[str, Decimal] = getattr(self, comp)
+            for k, v in getattr(other, comp).items():
+                mine[k] = mine.get(k, Decimal(0)) + v
+        for k, (i, o) in other.llm.items():
+            line = self.llm.setdefault(k, [0, 0])
+            line[0] += i
+            line[1] += o
+        self.hangup |= other.hangup
+        self.root_ended |= other.root_ended
+        self.root_error = self.root_error or other.root_error
+        self.direction = self.direction or other.direction
+        self.provider_mode = self.provider_mode or other.provider_mode
+        self.last_arrival = max(self.last_arrival, other.last_arrival)
+        if other.signal_at is not None:
+            self.signal_at = other.signal_at if self.signal_at is None else min(self.signal_at, other.signal_at)
+
+    @property
+    def turns(self) -> int:
+        if self.turn_idx:
+            return len(self.turn_idx)
+        if self.outer_llm:
+            return self.outer_llm
+        if self.iter0_llm:
+            return self.iter0_llm
+        return len(self.ttfb_ms)
+
+
+@dataclass(slots=True)
+class CallState:
+    """Everything otel-patter knows about one call, rebuilt from its WAL after a restart."""
+
+    call_id: str
+    reldir: str
+    groups: dict[tuple[str, str | None], GroupAgg] = field(default_factory=dict)
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    trace_id: str | None = None
+    start_ns: int = 0
+    end_ns: int = 0
+    revision: int = 1
+    final: bool = False
+    final_reason: str | None = None
+    finalize_requested_at: float | None = None
+    warnings: dict[str, str] = field(default_factory=dict)
+    dirty: bool = True
+    final_at: float | None = None  # wall time the call last became final
+    last_write: float = 0.0  # wall time of the last envelope write
+
+    def add(self, rec: SpanRecord, arrival: float) -> None:
+        self.seen.add(rec.key)
+        if self.trace_id is None:
+            self.trace_id = rec.trace_id
+        if rec.start_ns and (not self.start_ns or rec.start_ns < self.start_ns):
+            self.start_ns = rec.start_ns
+        self.end_ns = max(self.end_ns, rec.end_ns)
+        gkey = (str(rec.resource.get("service.instance.id") or ""), explicit_side(rec))
+        group = self.groups.get(gkey)
+        if group is None:
+            group = self.groups[gkey] = GroupAgg()
+        group.add(rec, arrival)
+        self.dirty = True
+
+    def sides(self) -> dict[str, GroupAgg]:
+        """Resolve every group to a side and fold the groups of each side together."""
+        declared: dict[str, set[str]] = {}
+        for instance, side in self.groups:
+            if side is not None:
+                declared.setdefault(instance, set()).add(side)
+        out: dict[str, GroupAgg] = {}
+        for (instance, side), group in sorted(self.groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            if side is None:
+                options = declared.get(instance, set())
+                if len(options) > 1:
+                    self.warnings["side_conflict"] = (
+                        f"spans without patter.side from one instance that declared {sorted(options)}; "
+                        "counted as uut"
+                    )
+                side = next(iter(options)) if len(options) == 1 else "uut"
+            out.setdefault(side, GroupAgg()).merge(group)
+        return out

@@ -1,0 +1,80 @@
+"""Drop spans that cannot be true, before they reach a call's USD or a file name.
+
+Spans with malformed ids are dropped too: they would corrupt dedupe.
+
+NaN, infinite, negative or absurd usage (more than 1440 minutes, 86400 seconds, 10M
+chars or 10M tokens on one span) is dropped, counted and reported in the request's
+`partial_success`; the rest of the request succeeds (DESIGN.md "Ingest").
+"""
+
+from __future__ import annotations
+
+import math
+
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from otel_patter.component import TraceBatch
+from otel_patter.selfmetrics import SelfMetrics
+
+LIMITS: dict[str, float] = {
+    "patter.cost.telephony_minutes": 1440,
+    "patter.cost.realtime_minutes": 1440,
+    "patter.cost.stt_seconds": 86400,
+    "patter.cost.tts_chars": 10_000_000,
+    "patter.cost.llm_input_tokens": 10_000_000,
+    "patter.cost.llm_output_tokens": 10_000_000,
+    "patter.latency.ttfb_ms": 86_400_000,
+    "patter.latency.turn_ms": 86_400_000,
+}
+_PREFIXES = ("patter.cost.", "patter.latency.")
+
+
+def usage_problem(key: str, value: object) -> str | None:
+    """Why a usage value is unusable, or None when it is fine."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN or infinite"
+    if value < 0:
+        return "negative"
+    limit = LIMITS.get(key)
+    if limit is not None and value > limit:
+        return f"over {limit:g}"
+    return None
+
+
+class UsageGuard:
+    def __init__(self, metrics: SelfMetrics) -> None:
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    def consume(self, batch: TraceBatch) -> None:
+        for rs in batch.request.resource_spans:
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                for i in range(len(spans) - 1, -1, -1):
+                    problem = self._check(spans[i])
+                    if problem is not None:
+                        del spans[i]
+                        self.metrics.spans_rejected.labels("invalid_span").inc()
+                        batch.reject(1, f"invalid span: {problem}")
+
+    @staticmethod
+    def _check(span: Span) -> str | None:
+        if len(span.trace_id) != 16 or len(span.span_id) != 8 or len(span.parent_span_id) not in (0, 8):
+            return "trace id must be 16 bytes and span ids 8"
+        for kv in span.attributes:
+            key = kv.key
+            if key.startswith(_PREFIXES):
+                v = kv.value
+                kind = v.WhichOneof("value")
+                value = getattr(v, kind) if kind else None
+                problem = usage_problem(key, value)
+                if problem is not None:
+                    return f"{key} {problem}"
+        return None

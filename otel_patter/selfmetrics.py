@@ -1,0 +1,35 @@
+"""Self-metrics (`otel_patter_*`): one registry per running service, so tests can run several."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class SelfMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("otel_patter_requests", "OTLP export requests received",
+                                ["signal", "transport"], registry=r)
+        self.refused = Counter("otel_patter_requests_refused", "OTLP requests refused, by reason",
+                               ["signal", "reason"], registry=r)
+        self.spans_received = Counter("otel_patter_spans_received", "Spans received", ["transport"], registry=r)
+        self.spans_rejected = Counter("otel_patter_spans_rejected",
+                                      "Spans dropped as invalid and reported in partial_success",
+                                      ["reason"], registry=r)
+        self.spans_duplicate = Counter("otel_patter_spans_duplicate",
+                                       "Spans seen before (client retries), not counted again", registry=r)
+        self.spans_unattributed = Counter("otel_patter_spans_unattributed",
+                                          "Spans forwarded but not rolled up into a call", ["reason"],
+                                          registry=r)
+        self.spans_pending = Gauge("otel_patter_spans_pending", "Spans waiting for their call id",
+                                   registry=r)
+        self.metric_points = Counter("otel_patter_metric_points_received", "Metric data points received",
+                                     registry=r)
+        self.log_records = Counter("otel_patter_log_records_received", "Log records received", registry=r)
+        self.store_errors = Counter("otel_patter_store_errors", "Store write failures", ["op"], registry=r)
+        self.calls_finalized = Counter("otel_patter_calls_finalized", "Calls finalized, by signal",
+                                       ["reason"], registry=r)
+        self.calls_open = Gauge("otel_patter_calls_open", "Calls not yet final", registry=r)
+        self.redactions = Counter("otel_patter_pii_redactions", "PII redactions, by rule", ["rule"],
+                                  registry=r)

@@ -1,0 +1,250 @@
+"""The on-disk store: SDK-compatible call directories, write-ahead logs, index, pending log.
+
+Layout under `log_dir` (research §3, DESIGN.md "Envelope store"):
+
+    calls/YYYY/MM/DD/<dir>/metadata.json   envelope (atomic tmp + fsync + rename, 0600)
+    calls/YYYY/MM/DD/<dir>/spans.jsonl     append-only WAL of sanitized spans
+    state/index.jsonl                      call id -> dir, open/final + revision (append-only)
+    state/pending.jsonl                    spans still waiting for a call id
+
+Every write goes through `FileOps`, the fault seam tests use to inject ENOSPC/EROFS.
+Nothing here follows a symlink out of `log_dir`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from otel_patter.processors.envelope import WRITER
+from otel_patter.store.paths import inside
+
+SCHEMA_VERSION = "1.0"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+OURS_MARKER = b'"writer": "otel-patter"'
+
+
+class StoreError(OSError):
+    """A write failed; the request that needed it must be refused (UNAVAILABLE), not acked."""
+
+
+class FileOps:
+    """The only place that touches the disk for writes (a seam for fault injection)."""
+
+    def __init__(self, fsync: bool) -> None:
+        self.fsync = fsync
+
+    def append(self, path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".tmp.{os.getpid()}.{path.name}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)  # metadata is rewritten rarely; always make the rename durable
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def mkdirs(self, path: Path) -> None:
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+
+
+def iso_now(t: float | None = None) -> str:
+    d = datetime.fromtimestamp(time.time() if t is None else t, tz=UTC)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def parse_iso(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+class EnvelopeStore:
+    def __init__(self, root: Path, *, fsync: bool = False, retention_days: int = 30,
+                 ops: FileOps | None = None) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.index_path = self.state_dir / "index.jsonl"
+        self.pending_path = self.state_dir / "pending.jsonl"
+        self.retention_days = retention_days
+        self.ops = ops or FileOps(fsync)
+        self.error: str | None = None  # last write failure, for /readyz
+        self.errors_total = 0
+        self._known_dirs: set[str] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.ops.mkdirs(self.root)
+        self.ops.mkdirs(self.root / "calls")
+        self.ops.mkdirs(self.state_dir)
+
+    async def shutdown(self) -> None:
+        return None
+
+    # -- writes (each raises StoreError) --------------------------------------------------
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except OSError as e:
+            self.errors_total += 1
+            self.error = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
+                          errno.EDQUOT: "disk quota exceeded"}.get(e.errno or 0, e.strerror or str(e))
+            raise StoreError(e.errno, self.error) from e
+        self.error = None
+
+    def ensure_call_dir(self, reldir: str) -> Path:
+        path = self.root / reldir
+        if reldir not in self._known_dirs:
+            self._guard(self.ops.mkdirs, path)
+            if not inside(self.root, path):
+                raise StoreError(errno.EPERM, f"call directory escapes log_dir: {reldir}")
+            self._known_dirs.add(reldir)
+        return path
+
+    def append_wal(self, reldir: str, lines: list[str]) -> None:
+        path = self.ensure_call_dir(reldir) / "spans.jsonl"
+        self._guard(self.ops.append, path, ("\n".join(lines) + "\n").encode())
+
+    def append_index(self, entries: list[dict[str, Any]]) -> None:
+        if entries:
+            self._guard(self.ops.append, self.index_path, "".join(dumps(e) + "\n" for e in entries).encode())
+
+    def append_pending(self, lines: list[str]) -> None:
+        if lines:
+            self._guard(self.ops.append, self.pending_path, ("\n".join(lines) + "\n").encode())
+
+    def rewrite_pending(self, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode() if lines else b""
+        self._guard(self.ops.write_atomic, self.pending_path, data)
+
+    def write_envelope(self, reldir: str, envelope: dict[str, Any]) -> Path:
+        """Write metadata.json, or otel-patter.json beside one the SDK (or anyone) wrote."""
+        d = self.ensure_call_dir(reldir)
+        target = d / "metadata.json"
+        if target.exists() and not self._is_ours(target):
+            target = d / "otel-patter.json"
+        data = (json.dumps(envelope, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+        self._guard(self.ops.write_atomic, target, data)
+        return target
+
+    @staticmethod
+    def _is_ours(path: Path) -> bool:
+        try:
+            with open(path, "rb") as fh:
+                return OURS_MARKER in fh.read(4096)
+        except OSError:
+            return False
+
+    # -- reads ------------------------------------------------------------------------------
+    @staticmethod
+    def wal_line(record_json: dict[str, Any], side: str | None, ts: float) -> str:
+        return dumps({"schema_version": SCHEMA_VERSION, "ts": iso_now(ts), "type": "span", "side": side,
+                      "data": record_json})
+
+    @staticmethod
+    def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+        """Complete lines only: a torn last line (kill -9 mid-write) is skipped."""
+        try:
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    if not raw.endswith(b"\n"):
+                        break
+                    try:
+                        obj = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if isinstance(obj, dict):
+                        yield obj
+        except FileNotFoundError:
+            return
+
+    def read_wal(self, reldir: str) -> Iterator[dict[str, Any]]:
+        return self._read_jsonl(self.root / reldir / "spans.jsonl")
+
+    def read_index(self) -> dict[str, dict[str, Any]]:
+        """Fold the index log: call id -> {"dir", "open", "revision", "reason"}."""
+        out: dict[str, dict[str, Any]] = {}
+        for e in self._read_jsonl(self.index_path):
+            cid = e.get("id")
+            if not isinstance(cid, str):
+                continue
+            cur = out.setdefault(cid, {"dir": None, "open": True, "revision": 1, "reason": None})
+            for k in ("dir", "open", "revision", "reason"):
+                if k in e:
+                    cur[k] = e[k]
+        return {k: v for k, v in out.items() if isinstance(v["dir"], str)}
+
+    def compact_index(self, index: dict[str, dict[str, Any]]) -> None:
+        lines = [dumps({"id": cid, **v}) for cid, v in index.items()]
+        self._guard(self.ops.write_atomic, self.index_path, ("\n".join(lines) + "\n").encode() if lines else b"")
+
+    def read_pending(self) -> Iterator[dict[str, Any]]:
+        return self._read_jsonl(self.pending_path)
+
+    def read_envelope(self, reldir: str) -> dict[str, Any] | None:
+        d = self.root / reldir
+        for name in ("otel-patter.json", "metadata.json"):
+            p = d / name
+            if p.exists() and self._is_ours(p):
+                try:
+                    obj = json.loads(p.read_bytes())
+                except ValueError:
+                    return None
+                return obj if isinstance(obj, dict) else None
+        return None
+
+    # -- retention ---------------------------------------------------------------------------
+    def sweep_retention(self, now: float | None = None) -> list[str]:
+        """Delete day directories older than the cutoff that hold only our calls (SDK rule: UTC midnight)."""
+        if self.retention_days <= 0:
+            return []
+        cutoff = (time.time() if now is None else now) - self.retention_days * 86400
+        removed: list[str] = []
+        calls = self.root / "calls"
+        for day in sorted(calls.glob("[0-9]*/[0-9]*/[0-9]*")):
+            try:
+                y, m, d = (int(p) for p in day.relative_to(calls).parts)
+                midnight = datetime(y, m, d, tzinfo=UTC).timestamp()
+            except ValueError:
+                continue
+            if midnight >= cutoff or day.is_symlink():
+                continue
+            for call_dir in day.iterdir():
+                if call_dir.is_dir() and not call_dir.is_symlink() and self._only_ours(call_dir):
+                    shutil.rmtree(call_dir, ignore_errors=True)
+                    removed.append(str(call_dir.relative_to(self.root)))
+            for p in (day, day.parent, day.parent.parent):
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+        return removed
+
+    def _only_ours(self, call_dir: Path) -> bool:
+        meta = call_dir / "metadata.json"
+        return not meta.exists() or self._is_ours(meta)
+
+
+__all__ = ["WRITER", "EnvelopeStore", "FileOps", "StoreError", "parse_iso"]
