@@ -171,10 +171,9 @@ class RollupProcessor:
             self.index.setdefault(entry["id"], {"dir": None, "open": True, "revision": 1, "reason": None})
             self.index[entry["id"]].update(entry)
         for cid, recs in plan.by_call.items():
-            state = self.calls.get(cid)
+            state = self.calls.get(cid)  # assign() already reloaded an evicted call from its WAL
             if state is None:
-                state = self._state(cid) or CallState(cid, plan.reldirs[cid])
-                self.calls[cid] = state
+                state = self.calls[cid] = CallState(cid, plan.reldirs[cid])
             if state.final:
                 state.final = False
                 state.final_reason = None

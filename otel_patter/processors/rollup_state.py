@@ -221,6 +221,8 @@ class CallState:
     last_write: float = 0.0  # wall time of the last envelope write
 
     def add(self, rec: SpanRecord, arrival: float) -> None:
+        if rec.key in self.seen:
+            return
         self.seen.add(rec.key)
         if self.trace_id is None:
             self.trace_id = rec.trace_id
