@@ -23,6 +23,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            deep_merge(base[k], v)
+        else:
+            base[k] = v
+
+
 class ServerProc:
     def __init__(self, root: Path, config: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> None:
         self.root = root
@@ -35,11 +43,7 @@ class ServerProc:
             "store": {"log_dir": str(self.log_dir)},
             "rollup": {"idle_timeout": "3s", "final_grace": "300ms"},
         }
-        for k, v in (config or {}).items():
-            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-                cfg[k] = {**cfg[k], **v}
-            else:
-                cfg[k] = v
+        deep_merge(cfg, config or {})
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PATTER_"))}

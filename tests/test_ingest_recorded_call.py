@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import pytest
 from getpatter import pricing as sdk
@@ -46,15 +47,27 @@ def test_usage_is_the_sum_of_what_the_spans_carried(envelope: dict) -> None:
 
 def test_cost_equals_the_sdk_pricing_functions_on_the_same_usage(envelope: dict) -> None:
     p = sdk.DEFAULT_PRICING
-    stt = sdk.calculate_stt_cost("deepgram", STT_S, p)
-    tts = sdk.calculate_tts_cost("elevenlabs", TTS_CHARS, p)
-    llm = sdk.calculate_llm_cost("openai", "gpt-4o-mini", LLM_IN, LLM_OUT)
-    tel = sdk.calculate_telephony_cost("twilio", TEL_MIN * 60, p)
-    assert envelope["cost"] == {"stt": round(stt, 6), "tts": round(tts, 6), "llm": round(llm, 6),
-                                "telephony": round(tel, 6), "realtime": 0.0,
-                                "total": round(stt + tts + llm + tel, 6)}
+    expected = {
+        "stt": sdk.calculate_stt_cost("deepgram", STT_S, p),
+        "tts": sdk.calculate_tts_cost("elevenlabs", TTS_CHARS, p),
+        "llm": sdk.calculate_llm_cost("openai", "gpt-4o-mini", LLM_IN, LLM_OUT),
+        "telephony": sdk.calculate_telephony_cost("twilio", TEL_MIN * 60, p),
+        "realtime": 0.0,
+    }
+    expected["total"] = sum(expected.values())
+    # the SDK rounds floats; we round the exact Decimal half-even: at most half a micro-dollar apart
+    for component, usd in expected.items():
+        assert abs(envelope["cost"][component] - usd) <= 5e-7 + 1e-15, component
     assert envelope["cost_complete"] is True
     assert envelope["unpriced"] == []
+
+
+def test_money_is_rounded_half_even_from_the_exact_decimal(envelope: dict) -> None:
+    # 1270 x 0.15 + 65 x 0.60 per 1M tokens = 0.0002295 exactly; float round() would say 0.000229
+    assert envelope["cost"]["llm"] == 0.00023
+    exact_total = Decimal(str(STT_S)) / 60 * Decimal("0.0048") + Decimal("0.01275") + Decimal("0.0002295") \
+        + Decimal("0.0085")
+    assert envelope["cost"]["total"] == float(exact_total.quantize(Decimal("0.000001"), ROUND_HALF_EVEN))
 
 
 def test_identity_turns_and_counts(envelope: dict) -> None:

@@ -93,7 +93,8 @@ class OtlpHttpReceiver:
         return handle
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # we inflate ourselves (decode.decompress) so the decompressed size limit holds
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True)
         await site.start()

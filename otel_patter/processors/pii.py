@@ -1,0 +1,577 @@
+"""PII hygiene (DESIGN.md "PII hygiene"): drop content keys, scrub personal data out of kept values.
+
+Two layers, applied to every OTLP signal before anything is written or forwarded:
+
+- **Keys**: deny by default. A key survives only when it is on the allowlist (all `getpatter.*`,
+  the SDK's `patter.*`, a short list of safe semantic-convention keys, plus `pii.allow_keys`) and
+  is not a content key (prompts, completions, messages, transcripts, `*.text`, tool arguments and
+  results, bodies, headers, `db.statement`, credentials). Content keys are dropped whatever the
+  allowlist says; `pii.deny_keys` drops more. Decisions are cached per key.
+- **Values**: every kept string (attribute values, strings inside arrays and maps, span and event
+  names, status messages, log strings, metric labels) is scrubbed of phone numbers in any common
+  format (also percent-encoded, in URLs, in JSON inside strings), emails, payment cards (Luhn),
+  API keys and bearer tokens, and optionally IP addresses. Ids survive: trace/span ids, provider
+  ids such as Twilio `CA`+32-hex call SIDs, UUIDs, ISO-8601 timestamps, plain numbers. The call-id
+  keys (`patter.call_id`, `patter.call.id`, `getpatter.call.id`) are never scrubbed.
+
+Why not `phonenumbers.PhoneNumberMatcher` over the whole text: with `Leniency.VALID` it misses the
+fictional `+1 555` numbers every test and demo uses; with `Leniency.POSSIBLE` it also matches digit
+runs inside hex ids and bare unix timestamps. So a precompiled candidate pattern (digits with
+separators, bounded by non-alphanumerics) finds the candidates, `phonenumbers.parse` judges each
+(international `+`/`00` numbers and NANP numbers: *possible*; other national formats: *valid*;
+bare digit runs: NANP-shaped or trunk-prefixed and valid), and the matcher (`POSSIBLE`) splits a
+candidate that holds several numbers in a row.
+
+Replacements: phone -> `***` + last 4 digits (`mask`) or `hmac:` + 16 hex of HMAC-SHA256(key,
+E.164 digits) (`hash_only`, never unkeyed); email `<email>`, card `<card>`, token `<token>`, ip
+`<ip>`. Scrubbing is idempotent. Every redaction is counted in `counts` by rule (`key_dropped`,
+`phone`, `email`, `card`, `token`, `ip`); a changed span gets `otel_patter.redacted_count`.
+Raw values are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import phonenumbers
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from otel_patter.config import PiiConfig
+
+if TYPE_CHECKING:
+    from otel_patter.component import TraceBatch
+
+REDACTED_COUNT_KEY = "otel_patter.redacted_count"
+RULES = ("key_dropped", "phone", "email", "card", "token", "ip")
+PHONE_MODES = ("mask", "hash_only")
+
+# key decisions
+_DROP, _SCRUB, _RAW, _IDKEY = 0, 1, 2, 3
+_KEY_CACHE_MAX = 10_000  # keys can be attacker-chosen (`x.0.y`, `x.1.y`, ...): bound the cache
+
+# -- key policy ------------------------------------------------------------------------------------
+# Exact keys or `*` globs. Allowed keys are kept (values scrubbed); everything else is dropped.
+ALLOW_KEYS: tuple[str, ...] = (
+    "getpatter.*", "patter.*", "otel_patter.*",
+    "service.*", "telemetry.sdk.*", "telemetry.distro.*", "telemetry.auto.version",
+    "deployment.environment", "deployment.environment.*", "process.runtime.*",
+    "http.response.status_code", "http.request.method", "http.route",
+    "http.status_code", "http.method", "http.scheme", "http.url", "http.target",  # pre-1.23 HTTP semconv
+    "url.scheme", "url.path", "url.full", "url.query", "network.protocol.version",
+    "rpc.system", "rpc.method", "rpc.service", "rpc.grpc.status_code",
+    "gen_ai.usage.*", "gen_ai.request.model", "gen_ai.response.model", "gen_ai.provider.name",
+    "gen_ai.system", "gen_ai.operation.name", "gen_ai.token.type", "gen_ai.response.id",
+    "gen_ai.response.finish_reasons", "gen_ai.request.max_tokens", "gen_ai.request.temperature",
+    "gen_ai.request.top_p",
+    "error.type", "exception.type", "exception.message", "exception.escaped",
+    "otel.*", "otelSpanID", "otelTraceID", "otelTraceSampled", "otelServiceName",
+    "event.name", "code.function", "code.function.name", "code.lineno", "code.line.number", "code.namespace",
+    "test.run_id", "tenant.id",
+)
+# Content and credential keys: dropped even when allowed (by us or by `pii.allow_keys`).
+DENY_KEYS: tuple[str, ...] = (
+    "gen_ai.prompt*", "gen_ai.completion*", "gen_ai.input.messages*", "gen_ai.output.messages*",
+    "gen_ai.system_instructions*", "gen_ai.tool.call.*", "gen_ai.tool.definitions*", "gen_ai.retrieval.*",
+    "text", "*.text", "*_text", "*transcript*",
+    "*.arguments", "*.args", "*.argv", "*.result", "*.results",
+    "*body*", "http.request.header.*", "http.response.header.*", "*.headers", "*.header",
+    "rpc.*.metadata.*", "rpc.*metadata*",
+    "db.statement", "db.query.*",
+    "*.prompt", "*.prompts", "*.prompt_template.*", "*.message", "*.messages", "*.input_messages*",
+    "*.output_messages*", "*.content", "*.contents", "input.value", "output.value",
+    "*password*", "*passwd*", "*secret*", "*api_key*", "*apikey*", "*authorization*", "*cookie*",
+    "*credential*", "*stacktrace*", "enduser.*", "user.*", "*email*",
+)
+# Allowed keys a deny glob would catch but that carry no content (their values are scrubbed).
+_DENY_EXCEPTIONS = frozenset({"exception.message"})
+# Ids: never scrubbed (DESIGN "Call identity": a call id is an id, only validated).
+CALL_ID_KEYS = frozenset({"patter.call_id", "patter.call.id", "getpatter.call.id"})
+_ID_KEY = re.compile(r"(?:[._]id|ID)$")
+_ID_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-:./]{0,127}")
+
+
+def _glob_regex(patterns: Iterable[str], *, ignore_case: bool) -> re.Pattern[str] | None:
+    parts = ["".join(".*" if c == "*" else re.escape(c) for c in p) for p in patterns if p]
+    if not parts:
+        return None
+    return re.compile("(?:" + "|".join(parts) + ")", re.IGNORECASE if ignore_case else 0)
+
+
+_ALLOW_RE = _glob_regex(ALLOW_KEYS, ignore_case=False)
+_DENY_RE = _glob_regex(DENY_KEYS, ignore_case=True)
+
+# -- value patterns --------------------------------------------------------------------------------
+# A cheap pre-check: strings without any of these skip every heavier rule. Seven digits with at most
+# three non-alphanumerics between neighbours (phones, cards), `@`, percent-escapes, token prefixes,
+# credential-looking `name=` / `"name":`, and 32-character runs (high-entropy tokens).
+_PRECHECK_SRC = (
+    r"\d(?:[^\dA-Za-z]{0,3}\d){6}|@|%[0-9A-Fa-f]{2}"
+    r"|sk[-_]|[rp]k_|xox|AKIA|ASIA|gh[pousr]_|github_pat_|glpat-|AIza|eyJ|(?i:bearer|basic)\s"
+    r"|(?i:key|token|secret|passw|pwd|sig|signature|credential|authorization)[\"']?\s*[=:]"
+    r"|[A-Za-z0-9_\-]{32}"
+)
+_PRECHECK = re.compile(_PRECHECK_SRC)
+_PRECHECK_IP = re.compile(_PRECHECK_SRC + r"|\d\.\d|[0-9A-Fa-f]:[0-9A-Fa-f]*:")
+
+_SEP = r"[ \t\u00a0\u2009\u202f.\-\u2010-\u2015/()]"
+_B = r"(?<![A-Za-z0-9])"  # left word boundary (digits and letters only: `_`, `=`, `:` are boundaries)
+_E = r"(?![A-Za-z0-9])"
+_IPV4 = r"(?<![\d.])(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}(?![\d.])"
+_KEEP = (  # ids and our own replacements: consumed first so no other rule sees them
+    r"\*\*\*\d{4}|hmac:[0-9a-f]{16}"
+    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+    r"|(?<![\d:])\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
+    rf"|{_B}[0-9A-Fa-f]{{8}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{12}}{_E}"
+    rf"|{_B}[A-Z]{{2}}[0-9a-f]{{32}}{_E}"  # Twilio CallSid CA.., AccountSid AC.., MZ.., RE.., ...
+    rf"|{_B}(?=[0-9]*[A-Fa-f])[0-9A-Fa-f]{{16,64}}{_E}"  # trace/span ids, hashes (at least one letter)
+    rf"|{_B}[0-9A-HJKMNP-TV-Z]{{26}}{_E}"  # ULID
+)
+_CRED = (  # credential-looking query parameters and JSON members: the value goes
+    r"(?i:(?<![A-Za-z0-9_])(?:api[_-]?key|apikey|access[_-]?token|refresh[_-]?token|id[_-]?token"
+    r"|auth[_-]?token|token|secret|client[_-]?secret|password|passwd|pwd|sig|signature|x-amz-signature"
+    r"|x-amz-credential|x-amz-security-token|x-goog-signature|x-goog-credential|awsaccesskeyid|key)"
+    r"(?:=(?!<token>)[^&\s#\"',;<]+|[\"']\s*:\s*\"(?!<token>\")[^\"\\]+\"))"
+)
+_USERINFO = r"(?<=://)(?!<token>@)[^/@\s:]+:[^/@\s]+@"
+_TOKEN = (
+    rf"{_B}(?:sk-(?:proj-|ant-(?:api\d\d-)?|svcacct-|admin-)?[A-Za-z0-9_\-]{{16,}}"
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}|pk_live_[A-Za-z0-9]{10,}|sk_[A-Za-z0-9]{24,}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_\-]{20,}|AIza[0-9A-Za-z_\-]{35}"
+    r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
+)
+_BEARER = r"(?i:(?<![A-Za-z0-9])(?:bearer|basic)\s+)(?!<token>)[A-Za-z0-9._~+/\-]{8,}=*"
+_EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
+# digits with separators: phones and cards (the `\\n` branch finds numbers after JSON escapes)
+_NUM = rf"(?:{_B}|(?<=\\[nrt]))(?:\+|\(\+?)?\d(?:{_SEP}{{0,3}}\d){{6,22}}{_E}"
+_RUN = r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{32,}={0,2}(?![A-Za-z0-9_\-=])"
+_IPV6 = r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])"
+
+
+def _master(redact_ip: bool) -> re.Pattern[str]:
+    alts = [f"(?P<keep>{_KEEP})"]
+    alts.append(f"(?P<ip>{_IPV4})" if redact_ip else f"(?P<keepip>{_IPV4})")
+    alts += [f"(?P<cred>{_CRED})", f"(?P<userinfo>{_USERINFO})", f"(?P<token>{_TOKEN})",
+             f"(?P<bearer>{_BEARER})", f"(?P<num>{_NUM})", f"(?P<email>{_EMAIL})"]
+    if redact_ip:
+        alts.append(f"(?P<ip6>{_IPV6})")
+    alts.append(f"(?P<run>{_RUN})")
+    return re.compile("|".join(alts))
+
+
+_MASTER = _master(False)
+_MASTER_IP = _master(True)
+_PCT = re.compile(r"%([0-7][0-9A-Fa-f])")
+_NON_DIGIT = re.compile(r"\D")
+_DECIMAL = re.compile(r"\d+[.,]\d+")
+_CARD_SHAPE = re.compile(r"\d(?:[ \-]?\d)*")
+_GROUP_SPLIT = re.compile(rf"{_SEP}+")
+_NANP_BARE = re.compile(r"1?[2-9]\d{9}")
+_US_LOCAL = re.compile(r"\d{3}[-. ]\d{4}")
+_CRED_SPLIT = re.compile(r"=|[\"']\s*:\s*\"")
+_BEARER_SPLIT = re.compile(r"\s+")
+
+PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "IT", "ES", "IN", "NL", "BR", "AU", "MX")
+_NANP = frozenset({"US", "CA"})
+_TRUNK = {r: getattr(phonenumbers.PhoneMetadata.metadata_for_region(r), "national_prefix", None)
+          for r in PHONE_REGIONS}
+_POSSIBLE = phonenumbers.Leniency.POSSIBLE
+_E164 = phonenumbers.PhoneNumberFormat.E164
+
+
+def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+    try:
+        return phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _e164(num: phonenumbers.PhoneNumber) -> str:
+    return phonenumbers.format_number(num, _E164)
+
+
+def phone_e164(candidate: str) -> str | None:
+    """E.164 (`+15551234567`) when `candidate` (digits with separators, no other text) is a phone number."""
+    digits = _NON_DIGIT.sub("", candidate)
+    if not 7 <= len(digits) <= 17:
+        return None
+    head = candidate.lstrip("( ")
+    if head.startswith("+"):
+        num = _parse(candidate, None)
+        return _e164(num) if num is not None and phonenumbers.is_possible_number(num) else None
+    if digits.startswith(("00", "011")):  # international call prefix
+        num = _parse(candidate, "US" if digits.startswith("011") else "GB")
+        return _e164(num) if num is not None and phonenumbers.is_possible_number(num) else None
+    if digits == candidate:  # a bare digit run: only NANP-shaped or trunk-prefixed valid numbers
+        if _NANP_BARE.fullmatch(digits):
+            num = _parse(digits, "US")
+            return _e164(num) if num is not None else None
+        if digits[0] == "0":
+            for region in PHONE_REGIONS:
+                if region in _NANP or _TRUNK[region] != "0":
+                    continue
+                num = _parse(digits, region)
+                if num is not None and phonenumbers.is_valid_number(num):
+                    return _e164(num)
+        return None
+    if _DECIMAL.fullmatch(candidate):
+        return None
+    groups = [g for g in _GROUP_SPLIT.split(candidate) if g]
+    if sum(1 for g in groups if len(g) == 1) > 1 or len(groups) > 6:
+        return None  # "1 2 3 4 5 6 7" is a list, not a number
+    for region in PHONE_REGIONS:
+        num = _parse(candidate, region)
+        if num is None:
+            continue
+        if region in _NANP:
+            if len(digits) == 7 and not _US_LOCAL.fullmatch(candidate):
+                continue
+            if phonenumbers.is_possible_number(num):
+                return _e164(num)
+        elif phonenumbers.is_valid_number(num):
+            return _e164(num)
+    return None
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _is_card(candidate: str, digits: str) -> bool:
+    return (13 <= len(digits) <= 19 and digits[0] in "23456" and _CARD_SHAPE.fullmatch(candidate) is not None
+            and _luhn(digits))
+
+
+def _looks_secret(run: str) -> bool:
+    """A 32+ character run that is a random token: all three classes, class changes every ~3 chars."""
+    core = run.rstrip("=")
+    if len(core) < 32:
+        return False
+    has_upper = has_lower = has_digit = False
+    changes = 0
+    prev = -1
+    for ch in core:
+        if ch.isdigit():
+            cls, has_digit = 0, True
+        elif ch.isupper():
+            cls, has_upper = 1, True
+        elif ch.islower():
+            cls, has_lower = 2, True
+        else:
+            cls = 3
+        if prev != -1 and cls != prev:
+            changes += 1
+        prev = cls
+    return has_upper and has_lower and has_digit and changes >= len(core) * 0.3
+
+
+def _percent_decode(s: str) -> tuple[str, list[int]] | None:
+    """ASCII `%XX` escapes decoded, with each decoded char's start offset in `s` (plus `len(s)`)."""
+    out: list[str] = []
+    starts: list[int] = []
+    pos = 0
+    for m in _PCT.finditer(s):
+        for i in range(pos, m.start()):
+            out.append(s[i])
+            starts.append(i)
+        out.append(chr(int(m.group(1), 16)))
+        starts.append(m.start())
+        pos = m.end()
+    if not starts and pos == 0:
+        return None
+    for i in range(pos, len(s)):
+        out.append(s[i])
+        starts.append(i)
+    starts.append(len(s))
+    return "".join(out), starts
+
+
+class PiiProcessor:
+    """Scrubs traces (`consume`), logs and metrics in place; `scrub_text` for any other output."""
+
+    def __init__(self, config: PiiConfig, hash_key: bytes | None = None) -> None:
+        if config.phone_mode not in PHONE_MODES:
+            raise ValueError(f"pii.phone_mode: expected one of {' | '.join(PHONE_MODES)}, "
+                             f"got {config.phone_mode!r}")
+        if config.phone_mode == "hash_only" and not hash_key:
+            raise ValueError("pii.phone_mode hash_only needs an HMAC key (unkeyed phone hashes are never written)")
+        self.config = config
+        self._hash_key = hash_key if config.phone_mode == "hash_only" else None
+        self._master = _MASTER_IP if config.redact_ip else _MASTER
+        self._precheck = _PRECHECK_IP if config.redact_ip else _PRECHECK
+        self._allow_cfg = _glob_regex(config.allow_keys, ignore_case=False)
+        self._deny_cfg = _glob_regex(config.deny_keys, ignore_case=False)
+        self._keys: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+    # -- keys --------------------------------------------------------------------------------------
+    def key_allowed(self, key: str) -> bool:
+        """Whether attributes named `key` survive (their string values are still scrubbed)."""
+        return self._decide(key) != _DROP
+
+    def _decide(self, key: str) -> int:
+        d = self._keys.get(key)
+        if d is not None:
+            return d
+        if self._deny_cfg is not None and self._deny_cfg.fullmatch(key):
+            d = _DROP
+        elif key in CALL_ID_KEYS:
+            d = _RAW
+        elif key not in _DENY_EXCEPTIONS and _DENY_RE is not None and _DENY_RE.fullmatch(key):
+            d = _DROP
+        elif ((self._allow_cfg is not None and self._allow_cfg.fullmatch(key))
+              or (_ALLOW_RE is not None and _ALLOW_RE.fullmatch(key))):
+            d = _IDKEY if _ID_KEY.search(key) else _SCRUB
+        else:
+            d = _DROP
+        if len(self._keys) >= _KEY_CACHE_MAX:
+            self._keys.clear()
+        self._keys[key] = d
+        return d
+
+    # -- values ------------------------------------------------------------------------------------
+    def scrub_text(self, s: str) -> str:
+        """`s` with phone numbers, emails, cards, tokens (and IPs when configured) replaced; counted."""
+        if not s or self._precheck.search(s) is None:
+            return s
+        return self._scrub(s)[0]
+
+    def _scrub(self, s: str) -> tuple[str, int]:
+        decoded = _percent_decode(s) if "%" in s else None
+        text = decoded[0] if decoded is not None else s
+        pieces: list[str] = []
+        pos = 0
+        n = 0
+        for m in self._master.finditer(text):
+            kind = m.lastgroup
+            if kind == "keep" or kind == "keepip":
+                continue
+            found = self._replace(kind, m.group())
+            if found is None:
+                continue
+            rule, repl, count = found
+            self.counts[rule] += count
+            n += count
+            start, end = m.span()
+            if decoded is not None:
+                start, end = decoded[1][start], decoded[1][end]
+            pieces.append(s[pos:start])
+            pieces.append(repl)
+            pos = end
+        if not n:
+            return s, 0
+        pieces.append(s[pos:])
+        return "".join(pieces), n
+
+    def _replace(self, kind: str | None, text: str) -> tuple[str, str, int] | None:
+        """(rule, replacement, redactions) for one match, or None to keep it."""
+        if kind == "num":
+            digits = _NON_DIGIT.sub("", text)
+            if not text.startswith(("+", "(+")) and _is_card(text, digits):
+                return "card", "<card>", 1
+            e164 = phone_e164(text)
+            if e164 is not None:
+                return "phone", self._phone_repl(e164), 1
+            if len(digits) >= 14:
+                return self._split_phones(text)
+            return None
+        if kind == "email":
+            return "email", "<email>", 1
+        if kind == "token":
+            return "token", "<token>", 1
+        if kind == "bearer":
+            scheme = _BEARER_SPLIT.split(text, maxsplit=1)[0]
+            secret = text[len(scheme):].lstrip()
+            if not any(c.isdigit() for c in secret) and len(secret) < 20:
+                return None  # "bearer instruments": prose, not a credential
+            return "token", f"{scheme} <token>", 1
+        if kind == "cred":
+            m = _CRED_SPLIT.search(text)
+            if m is None:  # pragma: no cover - the pattern always has one
+                return None
+            tail = '"' if m.group() != "=" else ""
+            return "token", f"{text[:m.end()]}<token>{tail}", 1
+        if kind == "userinfo":
+            return "token", "<token>@", 1
+        if kind == "run":
+            return ("token", "<token>", 1) if _looks_secret(text) else None
+        if kind == "ip":
+            return "ip", "<ip>", 1
+        if kind == "ip6":
+            addr = text.split("%", 1)[0]
+            if sum(c != ":" for c in addr) < 2:
+                return None
+            try:
+                ipaddress.IPv6Address(addr)
+            except ValueError:
+                return None
+            return "ip", "<ip>", 1
+        return None
+
+    def _split_phones(self, text: str) -> tuple[str, str, int] | None:
+        """Several numbers in one candidate (`5551234567 5557654321`): let the matcher split them."""
+        for region in PHONE_REGIONS:
+            spans: list[tuple[int, int, str]] = []
+            for pm in phonenumbers.PhoneNumberMatcher(text, region, leniency=_POSSIBLE):
+                e164 = phone_e164(pm.raw_string)
+                if e164 is not None:
+                    spans.append((pm.start, pm.end, self._phone_repl(e164)))
+            if spans:
+                out: list[str] = []
+                pos = 0
+                for start, end, repl in spans:
+                    out.append(text[pos:start])
+                    out.append(repl)
+                    pos = end
+                out.append(text[pos:])
+                return "phone", "".join(out), len(spans)
+        return None
+
+    def _phone_repl(self, e164: str) -> str:
+        digits = e164.lstrip("+")
+        if self._hash_key is not None:
+            return "hmac:" + hmac.new(self._hash_key, digits.encode("ascii"), hashlib.sha256).hexdigest()[:16]
+        return "***" + digits[-4:]
+
+    def _scrub_value(self, v: AnyValue, key: str) -> int:
+        """Scrub one AnyValue in place (strings, arrays, maps); redactions made."""
+        kind = v.WhichOneof("value")
+        if kind == "string_value":
+            s = v.string_value
+            if not s or self._precheck.search(s) is None:
+                return 0
+            new, n = self._scrub(s)
+            if n:
+                v.string_value = new
+            return n
+        if kind == "array_value":
+            return sum(self._scrub_value(x, key) for x in v.array_value.values)
+        if kind == "kvlist_value":
+            return self._scrub_attrs(v.kvlist_value.values, prefix=key + ".")
+        return 0
+
+    def _scrub_attrs(self, attrs: Any, prefix: str = "") -> int:
+        """Drop disallowed keys and scrub kept values of a repeated KeyValue, in place; redactions made.
+
+        Keys inside a map value are judged by their dotted path (`parent.child`).
+        """
+        n = 0
+        decide = self._decide
+        for i in range(len(attrs) - 1, -1, -1):
+            kv = attrs[i]
+            key = prefix + kv.key if prefix else kv.key
+            d = self._keys.get(key)
+            if d is None:
+                d = decide(key)
+            if d == _DROP:
+                del attrs[i]
+                self.counts["key_dropped"] += 1
+                n += 1
+                continue
+            if d == _RAW:
+                continue
+            v = kv.value
+            kind = v.WhichOneof("value")
+            if kind == "string_value":
+                s = v.string_value
+                if not s or self._precheck.search(s) is None:
+                    continue
+                if d == _IDKEY and _ID_VALUE.fullmatch(s):
+                    continue
+                new, c = self._scrub(s)
+                if c:
+                    v.string_value = new
+                    n += c
+            elif kind == "array_value" or kind == "kvlist_value":
+                n += self._scrub_value(v, key)
+        return n
+
+    def _scrub_field(self, msg: Any, field: str) -> int:
+        s = getattr(msg, field)
+        if not s or self._precheck.search(s) is None:
+            return 0
+        new, n = self._scrub(s)
+        if n:
+            setattr(msg, field, new)
+        return n
+
+    # -- signals -----------------------------------------------------------------------------------
+    def consume(self, batch: TraceBatch) -> None:
+        """Scrub every resource, scope, span, event and link of `batch.request` in place."""
+        for rs in batch.request.resource_spans:
+            self._scrub_attrs(rs.resource.attributes)
+            for ss in rs.scope_spans:
+                self._scrub_attrs(ss.scope.attributes)
+                for span in ss.spans:
+                    n = self._scrub_attrs(span.attributes)
+                    n += self._scrub_field(span, "name")
+                    if span.status.message:
+                        n += self._scrub_field(span.status, "message")
+                    for ev in span.events:
+                        n += self._scrub_field(ev, "name")
+                        n += self._scrub_attrs(ev.attributes)
+                    for link in span.links:
+                        n += self._scrub_attrs(link.attributes)
+                    if n:
+                        _add_redacted_count(span.attributes, n)
+
+    def scrub_logs(self, req: ExportLogsServiceRequest) -> None:
+        """Scrub logs in place: bodies are content and are cleared; attributes as for spans."""
+        for rl in req.resource_logs:
+            self._scrub_attrs(rl.resource.attributes)
+            for sl in rl.scope_logs:
+                self._scrub_attrs(sl.scope.attributes)
+                for lr in sl.log_records:
+                    if lr.HasField("body"):
+                        lr.ClearField("body")
+                        self.counts["key_dropped"] += 1
+                    self._scrub_attrs(lr.attributes)
+                    if lr.event_name:
+                        self._scrub_field(lr, "event_name")
+
+    def scrub_metrics(self, req: ExportMetricsServiceRequest) -> None:
+        """Scrub resource, scope, data point and exemplar attributes in place."""
+        for rm in req.resource_metrics:
+            self._scrub_attrs(rm.resource.attributes)
+            for sm in rm.scope_metrics:
+                self._scrub_attrs(sm.scope.attributes)
+                for metric in sm.metrics:
+                    kind = metric.WhichOneof("data")
+                    if kind is None:
+                        continue
+                    for dp in getattr(metric, kind).data_points:
+                        self._scrub_attrs(dp.attributes)
+                        for ex in getattr(dp, "exemplars", ()):
+                            self._scrub_attrs(ex.filtered_attributes)
+
+
+def _add_redacted_count(attrs: Sequence[Any] | Any, n: int) -> None:
+    for kv in attrs:
+        if kv.key == REDACTED_COUNT_KEY:
+            kv.value.int_value = (kv.value.int_value if kv.value.HasField("int_value") else 0) + n
+            return
+    kv = attrs.add()
+    kv.key = REDACTED_COUNT_KEY
+    kv.value.int_value = n
