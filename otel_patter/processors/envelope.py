@@ -198,7 +198,9 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
     tel_minutes = sum(top.telephony.values(), Decimal(0))
     duration_ms = round(max(duration_ms, float(tel_minutes) * 60000.0), 1)
     if state.final:
-        status = "error" if all_groups.root_error else ("idle" if state.final_reason == "idle_timeout" else "completed")
+        # "idle": nothing says this call ended; it only went quiet (its uut side had no hang-up or root end)
+        ended = top.hangup or top.root_ended or state.final_reason == "finalize_request"
+        status = "error" if all_groups.root_error else ("completed" if ended else "idle")
     else:
         status = "in_progress"
     realtime_provider = _first(top.realtime)
