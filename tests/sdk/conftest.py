@@ -2,7 +2,7 @@
 
 Each SDK run is its own process: `init_tracing()` latches global state (a tracer
 provider can be set once per process). The full fake Twilio call takes ~16 s, so each
-span shape runs once per test session (package-scoped fixtures) and its tests share it.
+span shape runs once per test package (both side by side) and its tests share it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,19 @@ from tests.server import ServerProc
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 SCRIPT_TIMEOUT_S = 120.0
+SHAPES = ("getpatter_only", "fastapi")  # emit_call.py without / with FastAPI's native OTel spans
 FULL_CALL_CONFIG = {
     # the SDK flushes every 5 s: a 30 s idle window (the default) never splits the call; hang-up
     # usage comes in the last flush, so a short grace keeps the suite quick
     "rollup": {"idle_timeout": "30s", "final_grace": "2s"},
 }
+
+
+def usd6(sdk_usd: float) -> float:
+    """An SDK pricing function's value as the envelope writes money: half-even to 6 places from the
+    exact decimal (the SDK's own `round(x, 6)` on a float can land one micro-dollar lower on a tie,
+    e.g. 0.0002295 -> 0.000229)."""
+    return float(Decimal(repr(sdk_usd)).quantize(Decimal("0.000001"), ROUND_HALF_EVEN))
 
 
 def sdk_env(server: ServerProc) -> dict[str, str]:
@@ -98,36 +108,49 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _full_call(tmp_path_factory: pytest.TempPathFactory, shape: str) -> Iterator[FullCall]:
-    root = tmp_path_factory.mktemp(shape)
-    server = ServerProc(root, FULL_CALL_CONFIG).start()
+def _full_call(root: Path, shape: str, servers: list[ServerProc]) -> FullCall:
+    server = ServerProc(root, FULL_CALL_CONFIG)
+    servers.append(server)
+    server.start()
+    # the FastAPI run shares otel-patter's log dir with the SDK's own call log (a real deployment
+    # that sets PATTER_LOG_DIR for both); the getpatter-only run keeps them apart
+    sdk_root = server.log_dir if shape == "fastapi" else root / "sdk-log"
+    flags = [] if shape == "fastapi" else ["--no-fastapi-spans"]
+    stdout, seconds = run_sdk_script(server, "emit_call.py", str(sdk_root), *flags)
+    result = json.loads(stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    envelope = server.wait_final(emit_call.CALL_SID, timeout=30)
+    sdk_dir = _sdk_call_dir(sdk_root)
+    return FullCall(shape=shape, server=server, envelope=envelope, sdk_root=sdk_root,
+                    sdk_meta=json.loads((sdk_dir / "metadata.json").read_text()),
+                    sdk_turns=_jsonl(sdk_dir / "transcript.jsonl"), sdk_events=_jsonl(sdk_dir / "events.jsonl"),
+                    result=result, seconds=seconds)
+
+
+@pytest.fixture(scope="package")
+def full_calls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FullCall]]:
+    """Both shapes' calls, run side by side (each is ~16 s of real-time paced audio, little CPU)."""
+    servers: list[ServerProc] = []
     try:
-        # the FastAPI run shares otel-patter's log dir with the SDK's own call log (a real deployment
-        # that sets PATTER_LOG_DIR for both); the getpatter-only run keeps them apart
-        sdk_root = server.log_dir if shape == "fastapi" else root / "sdk-log"
-        flags = [] if shape == "fastapi" else ["--no-fastapi-spans"]
-        stdout, seconds = run_sdk_script(server, "emit_call.py", str(sdk_root), *flags)
-        result = json.loads(stdout.strip().splitlines()[-1].removeprefix("RESULT "))
-        envelope = server.wait_final(emit_call.CALL_SID, timeout=30)
-        sdk_dir = _sdk_call_dir(sdk_root)
-        yield FullCall(shape=shape, server=server, envelope=envelope, sdk_root=sdk_root,
-                       sdk_meta=json.loads((sdk_dir / "metadata.json").read_text()),
-                       sdk_turns=_jsonl(sdk_dir / "transcript.jsonl"), sdk_events=_jsonl(sdk_dir / "events.jsonl"),
-                       result=result, seconds=seconds)
+        with ThreadPoolExecutor(len(SHAPES)) as pool:
+            futures = {shape: pool.submit(_full_call, tmp_path_factory.mktemp(shape), shape, servers)
+                       for shape in SHAPES}
+            calls = {shape: f.result() for shape, f in futures.items()}
+        yield calls
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
-@pytest.fixture(scope="package")
-def getpatter_only_call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullCall]:
-    yield from _full_call(tmp_path_factory, "getpatter_only")
+@pytest.fixture
+def getpatter_only_call(full_calls: dict[str, FullCall]) -> FullCall:
+    return full_calls["getpatter_only"]
 
 
-@pytest.fixture(scope="package")
-def fastapi_call(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullCall]:
-    yield from _full_call(tmp_path_factory, "fastapi")
+@pytest.fixture
+def fastapi_call(full_calls: dict[str, FullCall]) -> FullCall:
+    return full_calls["fastapi"]
 
 
-@pytest.fixture(params=["getpatter_only", "fastapi"])
-def full_call(request: pytest.FixtureRequest) -> FullCall:
-    return request.getfixturevalue(f"{request.param}_call")
+@pytest.fixture(params=SHAPES)
+def full_call(request: pytest.FixtureRequest, full_calls: dict[str, FullCall]) -> FullCall:
+    return full_calls[request.param]

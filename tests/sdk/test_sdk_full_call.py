@@ -15,7 +15,7 @@ from getpatter import pricing as sdk
 
 from otel_patter.processors.envelope import percentile
 from tests.sdk import emit_call
-from tests.sdk.conftest import FullCall
+from tests.sdk.conftest import FullCall, usd6
 
 P = sdk.DEFAULT_PRICING
 MODEL = emit_call.LLM_MODEL
@@ -81,7 +81,7 @@ def test_telephony_equals_the_sdk(full_call: FullCall) -> None:
     line = only(env["usage"]["telephony"])
     assert (line["provider"], line["billed_minutes"]) == ("twilio", 1.0)
     assert line["billed_minutes"] == math.ceil(meta["duration_ms"] / 60000)
-    assert env["cost"]["telephony"] == round(sdk.calculate_telephony_cost("twilio", line["minutes"] * 60, P), 6)
+    assert env["cost"]["telephony"] == usd6(sdk.calculate_telephony_cost("twilio", line["minutes"] * 60, P))
     assert env["cost"]["telephony"] == meta["cost"]["telephony"] == 0.0085
 
 
@@ -89,7 +89,7 @@ def test_stt_is_the_span_seconds_at_the_sdk_rate_and_below_the_sdk(full_call: Fu
     env, meta = full_call.envelope, full_call.sdk_meta
     line = only(env["usage"]["stt"])
     assert (line["provider"], line["model"]) == ("deepgram", None)
-    assert env["cost"]["stt"] == line["usd"] == round(sdk.calculate_stt_cost("deepgram", line["seconds"], P), 6)
+    assert env["cost"]["stt"] == line["usd"] == usd6(sdk.calculate_stt_cost("deepgram", line["seconds"], P))
     # the spans never carry the audio after the last final transcript
     assert line["seconds"] < sdk_stt_seconds(full_call) <= emit_call.CALLER_AUDIO_S
     assert env["cost"]["stt"] < meta["cost"]["stt"] == 0.00112
@@ -122,7 +122,7 @@ def test_tts_is_the_sentence_characters_at_the_sdk_rate_and_below_the_sdk(full_c
     assert (line["provider"], line["model"]) == ("elevenlabs", None)
     # trimmed sentences: 255 characters on spans, 261 in the SDK's full reply texts
     assert (line["chars"], sdk_chars) == (255, 261)
-    assert env["cost"]["tts"] == line["usd"] == round(sdk.calculate_tts_cost("elevenlabs", line["chars"], P), 6)
+    assert env["cost"]["tts"] == line["usd"] == usd6(sdk.calculate_tts_cost("elevenlabs", line["chars"], P))
     assert meta["cost"]["tts"] == round(sdk.calculate_tts_cost("elevenlabs", sdk_chars, P), 6) == 0.01305
     assert env["cost"]["tts"] < meta["cost"]["tts"]
     assert "tts_chars_from_spans" in codes(env)
@@ -134,9 +134,9 @@ def test_llm_prices_cached_tokens_at_the_full_rate_and_is_above_the_sdk_by_exact
     tin, tout, cached = emit_call.LLM_PROMPT_TOKENS, emit_call.LLM_COMPLETION_TOKENS, emit_call.LLM_CACHED_TOKENS
     assert (line["provider"], line["model"], line["input_tokens"], line["output_tokens"]) == (
         "openai", MODEL, tin, tout) == ("openai", MODEL, 1270, 65)
-    assert env["cost"]["llm"] == line["usd"] == round(sdk.calculate_llm_cost("openai", MODEL, tin, tout), 6)
+    assert env["cost"]["llm"] == line["usd"] == usd6(sdk.calculate_llm_cost("openai", MODEL, tin, tout))
     # the SDK bills the 128 cached prompt tokens at the cache-read rate; no span says how many were cached
-    assert meta["cost"]["llm"] == round(
+    assert meta["cost"]["llm"] == round(  # the SDK's own float rounding
         sdk.calculate_llm_cost("openai", MODEL, tin - cached, tout, cache_read_tokens=cached), 6)
     assert env["cost"]["llm"] > meta["cost"]["llm"]
     assert (env["cost"]["llm"], meta["cost"]["llm"]) == (0.00023, 0.00022)
@@ -200,3 +200,15 @@ def test_a_shared_log_dir_keeps_the_sdk_metadata_and_puts_ours_beside_it(fastapi
     code, listed = call.server.get("/api/v1/calls")
     assert code == 200
     assert [c["call_id"] for c in listed["calls"]] == [emit_call.CALL_SID]
+
+
+def test_the_callers_numbers_never_reach_our_files(full_call: FullCall) -> None:
+    sdk_files = {full_call.call_dir / n for n in ("metadata.json", "transcript.jsonl", "events.jsonl")
+                 } if full_call.shape == "fastapi" else set()
+    ours = [p for p in full_call.server.log_dir.rglob("*") if p.is_file() and p not in sdk_files]
+    assert full_call.call_dir / "spans.jsonl" in ours
+    for path in ours:
+        text = path.read_text(errors="replace")
+        for number in (emit_call.CALLER, emit_call.CALLEE):
+            assert number[2:] not in text, path
+    assert full_call.envelope["caller"] == full_call.envelope["callee"] == ""

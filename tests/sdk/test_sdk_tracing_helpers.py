@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from getpatter import pricing as sdk
 
 from tests.sdk import emit_direct as sent
-from tests.sdk.conftest import run_sdk_script
+from tests.sdk.conftest import run_sdk_script, usd6
 from tests.server import ServerProc
 
 P = sdk.DEFAULT_PRICING
 
 
-@pytest.fixture
-def envelope(server: ServerProc) -> dict:
-    run_sdk_script(server, "emit_direct.py", sent.CALL_ID)
-    return server.wait_final(sent.CALL_ID, timeout=30)
+@pytest.fixture(scope="module")
+def envelope(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    server = ServerProc(tmp_path_factory.mktemp("direct")).start()
+    try:
+        run_sdk_script(server, "emit_direct.py", sent.CALL_ID)
+        yield server.wait_final(sent.CALL_ID, timeout=30)
+    finally:
+        server.stop()
 
 
 def test_the_call_is_identified_and_final_on_its_hangup_usage(envelope: dict) -> None:
@@ -45,9 +51,8 @@ def test_cost_equals_the_sdk_pricing_functions_on_the_same_usage(envelope: dict)
     llm = sdk.calculate_llm_cost("openai", "gpt-4o-mini", sent.LLM_INPUT_TOKENS, sent.LLM_OUTPUT_TOKENS)
     tel = sdk.calculate_telephony_cost("twilio", sent.TELEPHONY_SECONDS, P)
     assert tel == 0.017  # 65 s: two started minutes at 0.0085
-    assert envelope["cost"] == {"stt": round(stt, 6), "tts": round(tts, 6), "llm": round(llm, 6),
-                                "telephony": round(tel, 6), "realtime": 0.0,
-                                "total": round(stt + tts + llm + tel, 6)}
+    assert envelope["cost"] == {"stt": usd6(stt), "tts": usd6(tts), "llm": usd6(llm), "telephony": usd6(tel),
+                                "realtime": 0.0, "total": usd6(stt + tts + llm + tel)}
     assert envelope["cost"]["total"] == 0.020794
     assert (envelope["cost_complete"], envelope["unpriced"]) == (True, [])
 
