@@ -15,12 +15,14 @@ Two layers, applied to every OTLP signal before anything is written or forwarded
   keys (`patter.call_id`, `patter.call.id`, `getpatter.call.id`) are never scrubbed.
 
 Why not `phonenumbers.PhoneNumberMatcher` over the whole text: with `Leniency.VALID` it misses the
-fictional `+1 555` numbers every test and demo uses; with `Leniency.POSSIBLE` it also matches digit
-runs inside hex ids and bare unix timestamps. So a precompiled candidate pattern (digits with
-separators, bounded by non-alphanumerics) finds the candidates, `phonenumbers.parse` judges each
-(international `+`/`00` numbers and NANP numbers: *possible*; other national formats: *valid*;
-bare digit runs: NANP-shaped or trunk-prefixed and valid), and the matcher (`POSSIBLE`) splits a
-candidate that holds several numbers in a row.
+fictional `+1 555` numbers every test and demo uses; with `Leniency.POSSIBLE` it matches digit runs
+inside hex ids (`CA0123456789abcdef...` -> `0123456789`) and bare unix timestamps. So a precompiled
+candidate pattern (digits with separators, bounded by non-alphanumerics) finds the candidates and
+`phonenumbers.parse` judges each: international `+`/`00`/`011` numbers and NANP numbers must be
+*possible*, other national formats *valid* and written with their trunk prefix, bare digit runs
+NANP-shaped (`[2-9]` + 9 digits) or trunk-prefixed and valid. A candidate holding several numbers
+in a row (`5551234567 5557654321`) is cut at whitespace into the longest numbers that parse.
+Dates, times, decimals, dotted quads and version strings are not numbers.
 
 Replacements: phone -> `***` + last 4 digits (`mask`) or `hmac:` + 16 hex of HMAC-SHA256(key,
 E.164 digits) (`hash_only`, never unkeyed); email `<email>`, card `<card>`, token `<token>`, ip
@@ -31,12 +33,13 @@ Raw values are never logged.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import ipaddress
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
@@ -56,6 +59,9 @@ PHONE_MODES = ("mask", "hash_only")
 # key decisions
 _DROP, _SCRUB, _RAW, _IDKEY = 0, 1, 2, 3
 _KEY_CACHE_MAX = 10_000  # keys can be attacker-chosen (`x.0.y`, `x.1.y`, ...): bound the cache
+_CLEAN_CACHE_MAX = 8192  # bounded like the key cache: values can be attacker-chosen too
+_CLEAN_MAX_LEN = 256
+_MAX_PASSES = 4  # every pass that changes something removes digits or secrets; 2 suffice in practice
 
 # -- key policy ------------------------------------------------------------------------------------
 # Exact keys or `*` globs. Allowed keys are kept (values scrubbed); everything else is dropped.
@@ -65,7 +71,8 @@ ALLOW_KEYS: tuple[str, ...] = (
     "deployment.environment", "deployment.environment.*", "process.runtime.*",
     "http.response.status_code", "http.request.method", "http.route",
     "http.status_code", "http.method", "http.scheme", "http.url", "http.target",  # pre-1.23 HTTP semconv
-    "url.scheme", "url.path", "url.full", "url.query", "network.protocol.version",
+    "url.scheme", "url.path", "url.full", "url.query", "server.port",
+    "network.protocol.name", "network.protocol.version", "network.transport",
     "rpc.system", "rpc.method", "rpc.service", "rpc.grpc.status_code",
     "gen_ai.usage.*", "gen_ai.request.model", "gen_ai.response.model", "gen_ai.provider.name",
     "gen_ai.system", "gen_ai.operation.name", "gen_ai.token.type", "gen_ai.response.id",
@@ -126,8 +133,8 @@ _B = r"(?<![A-Za-z0-9])"  # left word boundary (digits and letters only: `_`, `=
 _E = r"(?![A-Za-z0-9])"
 _IPV4 = r"(?<![\d.])(?:25[0-5]|2[0-4]\d|1?\d?\d)(?:\.(?:25[0-5]|2[0-4]\d|1?\d?\d)){3}(?![\d.])"
 _KEEP = (  # ids and our own replacements: consumed first so no other rule sees them
-    r"\*\*\*\d{4}|hmac:[0-9a-f]{16}"
-    r"|\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
+    r"\*\*\*\d{4}(?!\d)|hmac:[0-9a-f]{16}(?![A-Za-z0-9])"
+    r"|(?<!\d)\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?)?"
     r"|(?<![\d:])\d{2}:\d{2}:\d{2}(?:[.,]\d+)?"
     rf"|{_B}[0-9A-Fa-f]{{8}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{4}}-[0-9A-Fa-f]{{12}}{_E}"
     rf"|{_B}[A-Z]{{2}}[0-9a-f]{{32}}{_E}"  # Twilio CallSid CA.., AccountSid AC.., MZ.., RE.., ...
@@ -172,8 +179,10 @@ _MASTER_IP = _master(True)
 _PCT = re.compile(r"%([0-7][0-9A-Fa-f])")
 _NON_DIGIT = re.compile(r"\D")
 _DECIMAL = re.compile(r"\d+[.,]\d+")
+_DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{4}[./-]\d{1,2}[./-]\d{1,2}")
 _CARD_SHAPE = re.compile(r"\d(?:[ \-]?\d)*")
 _GROUP_SPLIT = re.compile(rf"{_SEP}+")
+_WS_GROUP = re.compile(r"[^\s]+")
 _NANP_BARE = re.compile(r"1?[2-9]\d{9}")
 _US_LOCAL = re.compile(r"\d{3}[-. ]\d{4}")
 _CRED_SPLIT = re.compile(r"=|[\"']\s*:\s*\"")
@@ -183,7 +192,6 @@ PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR", "IT", "ES", "IN", "NL"
 _NANP = frozenset({"US", "CA"})
 _TRUNK = {r: getattr(phonenumbers.PhoneMetadata.metadata_for_region(r), "national_prefix", None)
           for r in PHONE_REGIONS}
-_POSSIBLE = phonenumbers.Leniency.POSSIBLE
 _E164 = phonenumbers.PhoneNumberFormat.E164
 
 
@@ -222,7 +230,7 @@ def phone_e164(candidate: str) -> str | None:
                 if num is not None and phonenumbers.is_valid_number(num):
                     return _e164(num)
         return None
-    if _DECIMAL.fullmatch(candidate):
+    if _DECIMAL.fullmatch(candidate) or _DATE.fullmatch(candidate):
         return None
     groups = [g for g in _GROUP_SPLIT.split(candidate) if g]
     if sum(1 for g in groups if len(g) == 1) > 1 or len(groups) > 6:
@@ -236,8 +244,8 @@ def phone_e164(candidate: str) -> str | None:
                 continue
             if phonenumbers.is_possible_number(num):
                 return _e164(num)
-        elif phonenumbers.is_valid_number(num):
-            return _e164(num)
+        elif (_TRUNK[region] != "0" or digits[0] == "0") and phonenumbers.is_valid_number(num):
+            return _e164(num)  # national formats other than NANP are written with their trunk prefix
     return None
 
 
@@ -281,25 +289,33 @@ def _looks_secret(run: str) -> bool:
     return has_upper and has_lower and has_digit and changes >= len(core) * 0.3
 
 
-def _percent_decode(s: str) -> tuple[str, list[int]] | None:
-    """ASCII `%XX` escapes decoded, with each decoded char's start offset in `s` (plus `len(s)`)."""
-    out: list[str] = []
-    starts: list[int] = []
-    pos = 0
+def _percent_decode(s: str) -> tuple[str, list[int], list[int]] | None:
+    """ASCII `%XX` escapes decoded, plus breakpoints mapping decoded offsets back to `s` (see `_orig`)."""
+    parts: list[str] = []
+    dpos = [0]
+    opos = [0]
+    d = pos = 0
     for m in _PCT.finditer(s):
-        for i in range(pos, m.start()):
-            out.append(s[i])
-            starts.append(i)
-        out.append(chr(int(m.group(1), 16)))
-        starts.append(m.start())
+        start = m.start()
+        parts.append(s[pos:start])
+        d += start - pos
+        dpos.append(d)
+        opos.append(start)
+        parts.append(chr(int(m.group(1), 16)))
+        d += 1
         pos = m.end()
-    if not starts and pos == 0:
+        dpos.append(d)
+        opos.append(pos)
+    if pos == 0:
         return None
-    for i in range(pos, len(s)):
-        out.append(s[i])
-        starts.append(i)
-    starts.append(len(s))
-    return "".join(out), starts
+    parts.append(s[pos:])
+    return "".join(parts), dpos, opos
+
+
+def _orig(i: int, dpos: list[int], opos: list[int]) -> int:
+    """Offset in the original string of decoded offset `i` (text between escapes maps 1:1)."""
+    k = bisect.bisect_right(dpos, i) - 1
+    return opos[k] + (i - dpos[k])
 
 
 class PiiProcessor:
@@ -310,7 +326,8 @@ class PiiProcessor:
             raise ValueError(f"pii.phone_mode: expected one of {' | '.join(PHONE_MODES)}, "
                              f"got {config.phone_mode!r}")
         if config.phone_mode == "hash_only" and not hash_key:
-            raise ValueError("pii.phone_mode hash_only needs an HMAC key (unkeyed phone hashes are never written)")
+            raise ValueError("pii.phone_mode hash_only needs an HMAC key "
+                             "(unkeyed phone hashes are never written)")
         self.config = config
         self._hash_key = hash_key if config.phone_mode == "hash_only" else None
         self._master = _MASTER_IP if config.redact_ip else _MASTER
@@ -318,6 +335,7 @@ class PiiProcessor:
         self._allow_cfg = _glob_regex(config.allow_keys, ignore_case=False)
         self._deny_cfg = _glob_regex(config.deny_keys, ignore_case=False)
         self._keys: dict[str, int] = {}
+        self._clean: set[str] = set()  # recent short strings that needed no change (span names, providers)
         self.counts: Counter[str] = Counter()
 
     async def start(self) -> None:
@@ -354,11 +372,34 @@ class PiiProcessor:
     # -- values ------------------------------------------------------------------------------------
     def scrub_text(self, s: str) -> str:
         """`s` with phone numbers, emails, cards, tokens (and IPs when configured) replaced; counted."""
-        if not s or self._precheck.search(s) is None:
-            return s
-        return self._scrub(s)[0]
+        return self._scrub_str(s)[0] if s else s
+
+    def _scrub_str(self, s: str) -> tuple[str, int]:
+        """(scrubbed `s`, redactions): cache of clean strings, then the pre-check, then the rules."""
+        clean = self._clean
+        if s in clean:
+            return s, 0
+        if self._precheck.search(s) is None:
+            n = 0
+        else:
+            s, n = self._scrub(s)
+        if not n and len(s) <= _CLEAN_MAX_LEN:
+            if len(clean) >= _CLEAN_CACHE_MAX:
+                clean.clear()
+            clean.add(s)
+        return s, n
 
     def _scrub(self, s: str) -> tuple[str, int]:
+        """Passes until nothing changes (a replacement can expose a neighbour: `***4567 20 7946 0958`)."""
+        total = 0
+        for _ in range(_MAX_PASSES):
+            s, n = self._scrub_once(s)
+            if not n:
+                break
+            total += n
+        return s, total
+
+    def _scrub_once(self, s: str) -> tuple[str, int]:
         decoded = _percent_decode(s) if "%" in s else None
         text = decoded[0] if decoded is not None else s
         pieces: list[str] = []
@@ -376,7 +417,7 @@ class PiiProcessor:
             n += count
             start, end = m.span()
             if decoded is not None:
-                start, end = decoded[1][start], decoded[1][end]
+                start, end = _orig(start, decoded[1], decoded[2]), _orig(end, decoded[1], decoded[2])
             pieces.append(s[pos:start])
             pieces.append(repl)
             pos = end
@@ -394,7 +435,7 @@ class PiiProcessor:
             e164 = phone_e164(text)
             if e164 is not None:
                 return "phone", self._phone_repl(e164), 1
-            if len(digits) >= 14:
+            if len(digits) >= 14 or len(_WS_GROUP.findall(text)) >= 3:
                 return self._split_phones(text)
             return None
         if kind == "email":
@@ -431,23 +472,45 @@ class PiiProcessor:
         return None
 
     def _split_phones(self, text: str) -> tuple[str, str, int] | None:
-        """Several numbers in one candidate (`5551234567 5557654321`): let the matcher split them."""
-        for region in PHONE_REGIONS:
-            spans: list[tuple[int, int, str]] = []
-            for pm in phonenumbers.PhoneNumberMatcher(text, region, leniency=_POSSIBLE):
-                e164 = phone_e164(pm.raw_string)
+        """Numbers next to each other or to other digits (`5551234567 5557654321`, `+1 555 765 4321 8`).
+
+        Greedy over the candidate's whitespace-separated groups (`10.0.19045.2965` is one group, so a
+        version string is never cut into a number): from each group, the longest run of groups with
+        7-17 digits that is a phone number is replaced; groups that start none are kept.
+        """
+        groups = [(m.start(), m.end(), len(_NON_DIGIT.sub("", m.group()))) for m in _WS_GROUP.finditer(text)]
+        out: list[str] = []
+        pos = 0
+        found = 0
+        i = 0
+        while i < len(groups):
+            hit: tuple[int, str] | None = None
+            digits = 0
+            window: list[int] = []
+            for j in range(i, len(groups)):
+                digits += groups[j][2]
+                if digits > 17:
+                    break
+                if digits >= 7:
+                    window.append(j)
+            for j in reversed(window):
+                e164 = phone_e164(text[groups[i][0]:groups[j][1]])
                 if e164 is not None:
-                    spans.append((pm.start, pm.end, self._phone_repl(e164)))
-            if spans:
-                out: list[str] = []
-                pos = 0
-                for start, end, repl in spans:
-                    out.append(text[pos:start])
-                    out.append(repl)
-                    pos = end
-                out.append(text[pos:])
-                return "phone", "".join(out), len(spans)
-        return None
+                    hit = (j, e164)
+                    break
+            if hit is None:
+                i += 1
+                continue
+            j, e164 = hit
+            out.append(text[pos:groups[i][0]])
+            out.append(self._phone_repl(e164))
+            pos = groups[j][1]
+            found += 1
+            i = j + 1
+        if not found:
+            return None
+        out.append(text[pos:])
+        return "phone", "".join(out), found
 
     def _phone_repl(self, e164: str) -> str:
         digits = e164.lstrip("+")
@@ -460,9 +523,9 @@ class PiiProcessor:
         kind = v.WhichOneof("value")
         if kind == "string_value":
             s = v.string_value
-            if not s or self._precheck.search(s) is None:
+            if not s or s in self._clean:
                 return 0
-            new, n = self._scrub(s)
+            new, n = self._scrub_str(s)
             if n:
                 v.string_value = new
             return n
@@ -479,6 +542,7 @@ class PiiProcessor:
         """
         n = 0
         decide = self._decide
+        clean = self._clean
         for i in range(len(attrs) - 1, -1, -1):
             kv = attrs[i]
             key = prefix + kv.key if prefix else kv.key
@@ -496,11 +560,9 @@ class PiiProcessor:
             kind = v.WhichOneof("value")
             if kind == "string_value":
                 s = v.string_value
-                if not s or self._precheck.search(s) is None:
+                if not s or s in clean or (d == _IDKEY and _ID_VALUE.fullmatch(s)):
                     continue
-                if d == _IDKEY and _ID_VALUE.fullmatch(s):
-                    continue
-                new, c = self._scrub(s)
+                new, c = self._scrub_str(s)
                 if c:
                     v.string_value = new
                     n += c
@@ -510,9 +572,9 @@ class PiiProcessor:
 
     def _scrub_field(self, msg: Any, field: str) -> int:
         s = getattr(msg, field)
-        if not s or self._precheck.search(s) is None:
+        if not s or s in self._clean:
             return 0
-        new, n = self._scrub(s)
+        new, n = self._scrub_str(s)
         if n:
             setattr(msg, field, new)
         return n
@@ -567,7 +629,7 @@ class PiiProcessor:
                             self._scrub_attrs(ex.filtered_attributes)
 
 
-def _add_redacted_count(attrs: Sequence[Any] | Any, n: int) -> None:
+def _add_redacted_count(attrs: Any, n: int) -> None:
     for kv in attrs:
         if kv.key == REDACTED_COUNT_KEY:
             kv.value.int_value = (kv.value.int_value if kv.value.HasField("int_value") else 0) + n
