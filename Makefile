@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(VENV)/bin/otel-patter serve
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check otel_patter tests
+	$(VENV)/bin/ruff check otel_patter tests examples
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q -p no:cacheprovider

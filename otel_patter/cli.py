@@ -41,6 +41,10 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("otel_patter.config").warning(note)
     try:
         asyncio.run(Service(cfg).run_until_signalled())
+    except ConfigError as e:  # found only at start, e.g. a forward target that is one of our listeners
+        for path, message in e.errors:
+            print(f"error: {path}: {message}", file=sys.stderr)
+        return EXIT_ERROR
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -49,8 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 # -- calls: from a running server (--url / OTEL_PATTER_URL) or straight from the log dir ----------
 def _http_json(url: str, timeout: float) -> tuple[int, Any]:
+    token = os.environ.get("OTEL_PATTER_TOKEN")  # admin.auth_token of the server, if it has one
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as e:
         try:
@@ -84,6 +90,10 @@ def _calls(args: argparse.Namespace) -> int:
     from otel_patter.admin.server import filter_calls, parse_since
 
     url = args.url or os.environ.get("OTEL_PATTER_URL")
+    if args.calls_cmd == "top":
+        return _calls_top(args, url)
+    if args.calls_cmd == "check":
+        return _calls_check(args, url)
     try:
         if args.calls_cmd == "list":
             if url:
@@ -130,10 +140,116 @@ def _calls(args: argparse.Namespace) -> int:
                     print(f"  {comp:<10} {json.dumps(line)}")
             for w in env.get("warnings") or []:
                 print(f"  warning {w['code']}: {w['text']}")
+            from otel_patter.processors.reconcile import format_reconciliation
+
+            for line in format_reconciliation(env):  # the SDK's own call report beside ours (sdk_ingest)
+                print(line)
         return EXIT_OK
     except (OSError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _side_figure(env: dict[str, Any], side: str | None, by: str) -> float | None:
+    """The figure `calls top` sorts by: cost (USD), p95 (ms) or duration (ms); of `side` when given."""
+    if by == "duration":
+        return env.get("duration_ms")
+    where = ((env.get("sides") or {}).get(side) or {}) if side else env
+    if by == "cost":
+        return (where.get("cost") or {}).get("total")
+    return (where.get("latency") or {}).get("p95_ms")
+
+
+def _calls_top(args: argparse.Namespace, url: str | None) -> int:
+    """The most expensive, slowest or longest calls (of --since, --side, --status)."""
+    from otel_patter.admin.server import filter_calls, parse_since
+    from otel_patter.client import PatterCalls, PatterCallsError
+
+    try:
+        if url:
+            client = PatterCalls(url)
+            calls = [c.envelope for c in client.iter(status=args.status, since=args.since, side=args.side,
+                                                      limit=1000)]
+        else:
+            since = parse_since(args.since) if args.since else None
+            calls = filter_calls(_disk_calls(args.log_dir, args.config), status=args.status, since=since,
+                                 side=args.side, limit=10**9)
+    except (PatterCallsError, OSError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    ranked = [c for c in calls if isinstance(_side_figure(c, args.side, args.by), int | float)]
+    ranked.sort(key=lambda c: (-float(_side_figure(c, args.side, args.by) or 0), c.get("call_id") or ""))
+    ranked = ranked[: args.limit]
+    if args.json:
+        print(json.dumps(ranked, indent=2))
+    else:
+        _print_table(ranked)
+    return EXIT_OK
+
+
+def _non_negative(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {value!r}")
+    return v
+
+
+def _calls_check(args: argparse.Namespace, url: str | None) -> int:
+    """Exit 0 within budget, 1 over budget / cost incomplete / not final, 2 when the call cannot be read."""
+    from otel_patter.client import CallNotFinal, CallNotFound, CallResult, PatterCalls, PatterCallsError, num
+
+    try:
+        if url:
+            client = PatterCalls(url)
+            try:
+                result = client.wait(args.call_id, args.wait) if args.wait else client.get(args.call_id)
+            except CallNotFinal as e:
+                if not e.calls:
+                    print(f"error: no such call {args.call_id!r} (waited {args.wait:g} s)", file=sys.stderr)
+                    return EXIT_ERROR
+                result = e.calls[0]
+        else:
+            found = [c for c in _disk_calls(args.log_dir, args.config) if c.get("call_id") == args.call_id]
+            if not found:
+                print(f"error: no call {args.call_id!r} in the log dir", file=sys.stderr)
+                return EXIT_ERROR
+            result = CallResult(found[0])
+    except CallNotFound:
+        print(f"error: no such call {args.call_id!r}", file=sys.stderr)
+        return EXIT_ERROR
+    except (PatterCallsError, OSError, ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    usd, max_usd = result.usd(args.side), args.max_usd
+    if args.source != "spans":  # the SDK's own call report (sdk_ingest), or the larger of it and ours
+        from decimal import Decimal
+
+        from otel_patter.processors.reconcile import budget_usd
+
+        figure = budget_usd(result.envelope, args.source) if args.side == "uut" else None
+        if figure is None:
+            print(f"FAIL: call {result.call_id} has no SDK call report for --source {args.source} (the SDK reports "
+                  "its uut side; is sdk_ingest on?)")
+            return EXIT_FAIL
+        if max_usd is not None and Decimal(str(figure)) > Decimal(str(max_usd)):
+            print(f"FAIL: cost ${figure:.6f} (--source {args.source}) is over the budget of ${max_usd:.6f}")
+            return EXIT_FAIL
+        usd, max_usd = figure, None  # checked here; assert_budget still checks final, unpriced and p95
+    try:
+        result.assert_budget(usd=max_usd, p95_ms=args.max_p95_ms, side=args.side,
+                             allow_unpriced=args.allow_unpriced)
+    except AssertionError as e:
+        print(f"FAIL: {e}")
+        return EXIT_FAIL
+    p95 = result.p95_ms(args.side)
+    print(f"ok: call {result.call_id} ({args.side} side) costs ${usd:.6f}"
+          + ("" if args.max_usd is None else f" (budget ${args.max_usd:.6f})")
+          + ("" if p95 is None else f", p95 {num(p95)} ms")
+          + ("" if args.max_p95_ms is None else f" (budget {num(args.max_p95_ms)} ms)"))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     calls = sub.add_parser("calls", help="read envelopes from a server (--url) or the log dir")
     calls_sub = calls.add_subparsers(dest="calls_cmd", required=True)
-    for name in ("list", "show"):
+    for name in ("list", "show", "top", "check"):
         cp = calls_sub.add_parser(name)
         cp.add_argument("--url", default=None, help="admin URL (default $OTEL_PATTER_URL; else the log dir)")
         cp.add_argument("--log-dir", default=None)
@@ -166,9 +282,27 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--since", default=None, help="e.g. 1h, 30m, or an ISO time")
             cp.add_argument("--side", default=None, choices=("uut", "driver"))
             cp.add_argument("--limit", type=int, default=100)
+        elif name == "top":
+            cp.add_argument("--by", choices=("cost", "p95", "duration"), default="cost")
+            cp.add_argument("--status", default=None)
+            cp.add_argument("--since", default=None, help="e.g. 1h, 30m, or an ISO time")
+            cp.add_argument("--side", default=None, choices=("uut", "driver"),
+                            help="rank by this side's cost or p95 (default: the call's top-level uut figures)")
+            cp.add_argument("--limit", type=int, default=10)
         else:
             cp.add_argument("call_id")
-            cp.add_argument("--wait", type=float, default=0, help="seconds to wait for the call to be final")
+            cp.add_argument("--wait", type=_non_negative, default=0,
+                            help="seconds to wait for the call to be final")
+        if name == "check":
+            cp.add_argument("--max-usd", type=_non_negative, default=None, help="budget of the side, in USD")
+            cp.add_argument("--max-p95-ms", type=_non_negative, default=None,
+                            help="budget of the side's p95 turn latency, in ms")
+            cp.add_argument("--side", default="uut", choices=("uut", "driver"))
+            cp.add_argument("--source", default="spans", choices=("spans", "sdk", "max"),
+                            help="the USD the budget is checked against: otel-patter's from spans, the SDK's own "
+                                 "call report (sdk_ingest), or the larger of the two")
+            cp.add_argument("--allow-unpriced", action="store_true",
+                            help="pass even when some usage has no rate (cost_complete false)")
         cp.set_defaults(func=_calls)
 
     from otel_patter import simulate

@@ -64,8 +64,21 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS on a listener: our certificate and key (PEM); with `client_ca_file`, clients must show a
+    certificate that CA signed (mTLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Endpoint:
     endpoint: str | None  # "host:port"; None disables the listener
+    # OTLP listeners: when set, requests want `Authorization: Bearer <token>` (gRPC: `authorization` metadata)
+    auth_token: str | None = field(default=None, repr=False)
+    tls: TlsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,17 @@ class OtlpReceiverConfig:
     grpc: Endpoint = Endpoint("localhost:4317")
     http: Endpoint = Endpoint("localhost:4318")
     max_request_bytes: int = 16 * 1024 * 1024  # after decompression
+    # HTTP: a request's head and body must arrive within this (slow or stalled clients are cut off), and an
+    # idle keep-alive connection is closed after it; gRPC: the connection handshake, and the grace RPCs in
+    # flight get when a connection reaches max_connection_age
+    read_timeout: float = 30.0
+    max_connection_age: float = 600.0  # gRPC: connections are recycled (GOAWAY) after this
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    # soft memory limit: over it (resident set size), receivers refuse with UNAVAILABLE / 503 + Retry-After
+    memory_mib: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,9 @@ class ReceiversConfig:
 @dataclass(frozen=True)
 class AdminConfig:
     endpoint: str | None = "localhost:4319"
+    # when set, the API and the page want `Authorization: Bearer <token>` (/healthz, /readyz stay open)
+    auth_token: str | None = field(default=None, repr=False)
+    metrics_auth: bool = False  # true: /metrics wants the token too
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,31 @@ class ForwardTarget:
     compression: str | None = None  # "gzip" or None
     timeout: float = 10.0
     insecure: bool = True  # when not configured: True for http://, False for https://
+    queue_max_bytes: int = 256 * 1024 * 1024  # persistent queue bound; when full the oldest data is dropped
+    retry_initial_interval: float = 1.0  # exponential backoff (x2, with jitter) from here ...
+    retry_max_interval: float = 30.0  # ... up to here, for as long as the queue holds the data
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    tenant_attribute: str = "tenant.id"  # resource attribute naming the tenant of a call
+    max_tenants: int = 100  # distinct tenant label values; later tenants are counted as `other`
+    # `otlp_push: {interval: 60s, downstreams: [name, ...]}`: push the `patter_*` metrics as OTLP through
+    # those forward targets' queues (all targets when the list is empty); interval 0 (default) is off
+    otlp_push_interval: float = 0.0
+    otlp_push_downstreams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SdkIngestConfig:
+    """The SDK's own call reports (`notify_dashboard`: POST /api/dashboard/ingest), as a sidecar. Off by default.
+
+    getpatter 0.7.0 always posts to 127.0.0.1:8000, so only a loopback endpoint can receive it.
+    """
+
+    endpoint: str | None = None  # "127.0.0.1:8000" turns it on; null disables
+    tolerance_usd: float = 0.001  # a component (or total) further than this from the SDK's figure is a mismatch
+    max_body_bytes: int = 4 * 1024 * 1024  # a call_end report carries every turn; bigger bodies are refused (413)
 
 
 @dataclass(frozen=True)
@@ -134,7 +186,12 @@ class Config:
     stt_default_model: dict[str, str] = field(default_factory=dict)
     tts_default_model: dict[str, str] = field(default_factory=dict)
     forward: tuple[ForwardTarget, ...] = ()
+    metrics: MetricsConfig = MetricsConfig()
+    sdk_ingest: SdkIngestConfig = SdkIngestConfig()
+    limits: LimitsConfig = LimitsConfig()
     log_level: str = "info"
+    # `serve` after SIGTERM/SIGINT: stop accepting, drain in-flight requests, flush; exit within this
+    shutdown_timeout: float = 10.0
     # things the operator should hear about at start (ignored env values, `full` phone numbers)
     notes: tuple[str, ...] = ()
 
@@ -150,8 +207,18 @@ REALTIME_RATE_KEYS = ("audio_input_per_token", "audio_output_per_token", "text_i
 PRICING_ENTRY_KEYS = ("unit", "price", "round_up", "models", *REALTIME_RATE_KEYS)
 LLM_RATE_KEYS = ("input", "output", "cache_read", "cache_write")
 MAX_REQUEST_BYTES_LIMIT = 2**31 - 1  # grpc's max_receive_message_length is an int32
+MIN_QUEUE_BYTES = 64 * 1024
+MAX_QUEUE_BYTES = 1024**4
+MAX_TENANTS = 100_000
+MAX_SDK_REPORT_BYTES = 64 * 1024 * 1024
+SDK_NOTIFY_PORT = 8000  # getpatter 0.7.0 `notify_dashboard` posts to 127.0.0.1:8000, nowhere else
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_DAYS = 1_000_000  # far beyond any retention, well inside datetime.timedelta
 MAX_DURATION = 366 * 86400.0  # one year: longer timeouts are typos, and huge ones overflow event loops
+MAX_LISTENER_TIMEOUT = 86400.0
+MIN_MEMORY_MIB = 32  # the process itself needs about 60 MiB: a smaller limit would refuse everything
+MAX_MEMORY_MIB = 1024 * 1024
+MAX_SHUTDOWN_TIMEOUT = 3600.0  # orchestrators kill a stopping process long before (k8s default grace: 30 s)
 
 _ENV_REF = re.compile(r"\$\$|\$\{env:([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -355,7 +422,15 @@ class _Reader:
     def positive_duration(self, value: Any, path: str) -> float | _Invalid:
         return self.duration(value, path, positive=True)
 
-    def size(self, value: Any, path: str) -> int | _Invalid:
+    def shutdown_timeout(self, value: Any, path: str) -> float | _Invalid:
+        """How long `serve` may take to stop after SIGTERM: more than 0, at most 1h."""
+        seconds = self.positive_duration(value, path)
+        if isinstance(seconds, float) and seconds > MAX_SHUTDOWN_TIMEOUT:
+            return self.error(path, f"must be at most 1h (an orchestrator kills the process long before), "
+                                    f"got {_show(value)}")
+        return seconds
+
+    def size(self, value: Any, path: str, limit: int = MAX_REQUEST_BYTES_LIMIT) -> int | _Invalid:
         """A positive byte count: an integer, or `16MiB`, `512KiB`, `1MB`, ..."""
         n: float
         if isinstance(value, bool):
@@ -370,13 +445,13 @@ class _Reader:
             if not m:
                 return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(s)}")
             product = float(m.group(1)) * _SIZE_FACTORS[(m.group(2) or "b").lower()]
-            n = int(product) if math.isfinite(product) else MAX_REQUEST_BYTES_LIMIT + 1
+            n = int(product) if math.isfinite(product) else limit + 1
         else:
             return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(value)}")
         if n <= 0:
             return self.error(path, f"must be more than 0 bytes, got {_show(value)}")
-        if n > MAX_REQUEST_BYTES_LIMIT:
-            return self.error(path, f"must be at most {MAX_REQUEST_BYTES_LIMIT} bytes, got {_show(value)}")
+        if n > limit:
+            return self.error(path, f"must be at most {limit} bytes, got {_show(value)}")
         return int(n)
 
     def rate(self, value: Any, path: str) -> float | int | _Invalid:
@@ -593,7 +668,11 @@ class _Reader:
             stt_default_model=self.get(top, "stt_default_model", "", self.str_map, d.stt_default_model),
             tts_default_model=self.get(top, "tts_default_model", "", self.str_map, d.tts_default_model),
             forward=self.forward_list(top.get("forward"), "forward"),
+            metrics=self.metrics_section(top.get("metrics"), "metrics"),
+            sdk_ingest=self.sdk_ingest(top.get("sdk_ingest"), "sdk_ingest"),
+            limits=self.limits(top.get("limits"), "limits"),
             log_level=self.get(top, "log_level", "", self.choice(LOG_LEVELS), d.log_level),
+            shutdown_timeout=self.get(top, "shutdown_timeout", "", self.shutdown_timeout, d.shutdown_timeout),
         )
 
     def receivers(self, value: Any, path: str) -> ReceiversConfig:
@@ -602,24 +681,99 @@ class _Reader:
 
     def otlp(self, value: Any, path: str) -> OtlpReceiverConfig:
         d = OtlpReceiverConfig()
-        m = self.mapping(value, path, ["grpc", "http", "max_request_bytes"]) or {}
+        m = self.mapping(value, path, ["grpc", "http", "max_request_bytes", "read_timeout",
+                                       "max_connection_age"]) or {}
         return OtlpReceiverConfig(
             grpc=self.listener(m, "grpc", path, d.grpc),
             http=self.listener(m, "http", path, d.http),
             max_request_bytes=self.get(m, "max_request_bytes", path, self.size, d.max_request_bytes),
+            read_timeout=self.get(m, "read_timeout", path, self.listener_timeout, d.read_timeout),
+            max_connection_age=self.get(m, "max_connection_age", path, self.listener_timeout,
+                                        d.max_connection_age),
         )
+
+    def listener_timeout(self, value: Any, path: str) -> float | _Invalid:
+        """More than 0, at most 1 day (grpc takes milliseconds as an int32)."""
+        seconds = self.positive_duration(value, path)
+        if isinstance(seconds, float) and seconds > MAX_LISTENER_TIMEOUT:
+            return self.error(path, f"must be at most 24h, got {_show(value)}")
+        return seconds
 
     def listener(self, m: Mapping[str, Any], key: str, path: str, default: Endpoint) -> Endpoint:
         if key not in m:
             return default
         if m[key] is None:  # `grpc: null` disables the listener, like `grpc: {endpoint: null}`
             return Endpoint(None)
-        sub = self.mapping(m[key], _join(path, key), ["endpoint"]) or {}
-        return Endpoint(self.get(sub, "endpoint", _join(path, key), self.endpoint, default.endpoint))
+        lpath = _join(path, key)
+        sub = self.mapping(m[key], lpath, ["endpoint", "auth_token", "tls"]) or {}
+        token = None if sub.get("auth_token") is None else self.get(sub, "auth_token", lpath, self.auth_token, None)
+        return Endpoint(self.get(sub, "endpoint", lpath, self.endpoint, default.endpoint), auth_token=token,
+                        tls=self.tls(sub.get("tls"), _join(lpath, "tls")))
+
+    def tls(self, value: Any, path: str) -> TlsConfig | None:
+        """`{cert_file, key_file, client_ca_file?}`: readable PEM files (paths expand `~`)."""
+        if value is None:
+            return None
+        m = self.mapping(value, path, [f.name for f in _fields(TlsConfig)])
+        if m is None:
+            return None
+        files: dict[str, str | None] = {}
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            if m.get(key) is None:
+                if key != "client_ca_file":
+                    self.error(_join(path, key), "missing (a PEM file)")
+                files[key] = None
+                continue
+            files[key] = self.get(m, key, path, self.readable_file, None)
+        if files["cert_file"] is None or files["key_file"] is None:
+            return None
+        return TlsConfig(cert_file=files["cert_file"], key_file=files["key_file"],
+                         client_ca_file=files["client_ca_file"])
+
+    def readable_file(self, value: Any, path: str) -> str | _Invalid:
+        s = self.nonempty(value, path)
+        if isinstance(s, _Invalid):
+            return s
+        full = os.path.abspath(os.path.expanduser(s.strip()))
+        if not os.path.isfile(full):
+            return self.error(path, f"no such file: {_show(full)}")
+        if not os.access(full, os.R_OK):
+            return self.error(path, f"not readable: {_show(full)}")
+        return full
+
+    def limits(self, value: Any, path: str) -> LimitsConfig:
+        m = self.mapping(value, path, [f.name for f in _fields(LimitsConfig)]) or {}
+        memory = None
+        if m.get("memory_mib") is not None:
+            n = self.integer(m["memory_mib"], _join(path, "memory_mib"))
+            if isinstance(n, int) and not MIN_MEMORY_MIB <= n <= MAX_MEMORY_MIB:
+                self.error(_join(path, "memory_mib"), f"must be {MIN_MEMORY_MIB}-{MAX_MEMORY_MIB} (MiB), or null "
+                                                      f"for no limit, got {_show(n)}")
+            elif isinstance(n, int):
+                memory = n
+        return LimitsConfig(memory_mib=memory)
 
     def admin(self, value: Any, path: str) -> AdminConfig:
-        m = self.mapping(value, path, ["endpoint"]) or {}
-        return AdminConfig(endpoint=self.get(m, "endpoint", path, self.endpoint, AdminConfig().endpoint))
+        m = self.mapping(value, path, [f.name for f in _fields(AdminConfig)]) or {}
+        token = None if m.get("auth_token") is None else self.get(m, "auth_token", path, self.auth_token, None)
+        metrics_auth = self.get(m, "metrics_auth", path, self.boolean, AdminConfig().metrics_auth)
+        if metrics_auth and m.get("auth_token") is None:
+            self.error(_join(path, "metrics_auth"), "true needs admin.auth_token")
+        return AdminConfig(endpoint=self.get(m, "endpoint", path, self.endpoint, AdminConfig().endpoint),
+                           auth_token=token, metrics_auth=metrics_auth)
+
+    def auth_token(self, value: Any, path: str) -> str | _Invalid:
+        """A bearer token: 1-4096 visible ASCII characters. Errors never show the value."""
+        if not isinstance(value, str):
+            return self.error(path, f"expected a string, got {type(value).__name__}")
+        s = self.expand(value, path)
+        if isinstance(s, _Invalid):
+            return s
+        if not s:
+            return self.error(path, "must not be empty (leave it out or null to disable auth)")
+        if len(s) > 4096 or not all("!" <= c <= "~" for c in s):
+            return self.error(path, "must be 1-4096 visible ASCII characters (no spaces)")
+        return s
 
     def store(self, value: Any, path: str) -> StoreConfig:
         d = StoreConfig()
@@ -690,10 +844,69 @@ class _Reader:
         compression = self.get(m, "compression", path, self.compression, None)
         timeout = self.get(m, "timeout", path, self.positive_duration, 10.0)
         insecure = self.get(m, "insecure", path, self.boolean, not endpoint.lower().startswith("https:"))
+        d = ForwardTarget("", "")
+        queue_max = self.get(m, "queue_max_bytes", path, self.queue_size, d.queue_max_bytes)
+        retry_initial = self.get(m, "retry_initial_interval", path, self.positive_duration,
+                                 d.retry_initial_interval)
+        retry_max = self.get(m, "retry_max_interval", path, self.positive_duration, d.retry_max_interval)
+        if retry_max < retry_initial:
+            self.error(_join(path, "retry_max_interval"), "must not be shorter than retry_initial_interval")
+            ok = False
         if not ok or not name or not endpoint:
             return None
         return ForwardTarget(name=name, endpoint=endpoint, protocol=protocol, headers=headers,
-                             compression=compression, timeout=timeout, insecure=insecure)
+                             compression=compression, timeout=timeout, insecure=insecure,
+                             queue_max_bytes=queue_max, retry_initial_interval=retry_initial,
+                             retry_max_interval=retry_max)
+
+    def queue_size(self, value: Any, path: str) -> int | _Invalid:
+        """A forward queue bound: a size (`256MiB`) from 64KiB to 1TiB."""
+        n = self.size(value, path, limit=MAX_QUEUE_BYTES)
+        if isinstance(n, int) and n < MIN_QUEUE_BYTES:
+            return self.error(path, f"must be at least {MIN_QUEUE_BYTES} bytes (64KiB), got {_show(value)}")
+        return n
+
+    def metrics_section(self, value: Any, path: str) -> MetricsConfig:
+        d = MetricsConfig()
+        allowed = [f.name for f in _fields(MetricsConfig) if not f.name.startswith("otlp_push")] + ["otlp_push"]
+        m = self.mapping(value, path, allowed) or {}
+        max_tenants = self.get(m, "max_tenants", path, self.integer, d.max_tenants)
+        if not 0 <= max_tenants <= MAX_TENANTS:
+            self.error(_join(path, "max_tenants"), f"must be 0-{MAX_TENANTS}, got {_show(max_tenants)}")
+            max_tenants = d.max_tenants
+        push_path = _join(path, "otlp_push")
+        push = self.mapping(m.get("otlp_push"), push_path, ["interval", "downstreams"]) or {}
+        interval = self.get(push, "interval", push_path, self.duration, d.otlp_push_interval)
+        if 0 < interval < 1:
+            self.error(_join(push_path, "interval"), "must be 0 (off) or at least 1s")
+        names = self.get(push, "downstreams", push_path, self.key_list, d.otlp_push_downstreams)
+        return MetricsConfig(
+            tenant_attribute=self.get(m, "tenant_attribute", path, self.nonempty, d.tenant_attribute).strip(),
+            max_tenants=max_tenants,
+            otlp_push_interval=interval,
+            otlp_push_downstreams=names,
+        )
+
+    def sdk_ingest(self, value: Any, path: str) -> SdkIngestConfig:
+        d = SdkIngestConfig()
+        m = self.mapping(value, path, [f.name for f in _fields(SdkIngestConfig)]) or {}
+        endpoint = self.get(m, "endpoint", path, self.endpoint, d.endpoint)
+        if endpoint is not None:
+            host = endpoint.rpartition(":")[0]
+            host = host.strip("[]").lower()
+            if not (host in _LOOPBACK_HOSTS or host.startswith("127.")):
+                self.error(_join(path, "endpoint"),
+                           f"must be a loopback address (127.0.0.1:{SDK_NOTIFY_PORT}): the SDK posts its call "
+                           f"reports to 127.0.0.1 only, and they carry phone numbers and transcripts, "
+                           f"got {_show(endpoint)}")
+                endpoint = None
+        tolerance = self.get(m, "tolerance_usd", path, self.rate, d.tolerance_usd)
+        return SdkIngestConfig(
+            endpoint=endpoint,
+            tolerance_usd=float(tolerance),
+            max_body_bytes=self.get(m, "max_body_bytes", path,
+                                    lambda v, p: self.size(v, p, limit=MAX_SDK_REPORT_BYTES), d.max_body_bytes),
+        )
 
     def target_name(self, value: Any, path: str) -> str | _Invalid:
         s = self.string(value, path)
@@ -926,10 +1139,19 @@ def load_config(path: str | None = None, *, env: Mapping[str, str] | None = None
             reader.error("OTEL_PATTER_FORWARD_ENDPOINT",
                          "adds the target named 'env', which forward already has")
         forward += (env_target,)
+    for i, name in enumerate(cfg.metrics.otlp_push_downstreams):
+        if name not in {t.name for t in forward}:
+            reader.error(f"metrics.otlp_push.downstreams[{i}]", f"no forward target named {name!r}")
+    if cfg.metrics.otlp_push_interval and not forward:
+        reader.error("metrics.otlp_push.interval", "pushes through forward targets, and forward is empty")
     if reader.errors:
         raise ConfigError(reader.errors)
     if cfg.store.redact_phone == "full":
         notes.append("store.redact_phone: full: envelopes keep raw caller/callee phone numbers")
+    sdk_endpoint = cfg.sdk_ingest.endpoint
+    if sdk_endpoint is not None and not sdk_endpoint.endswith(f":{SDK_NOTIFY_PORT}"):
+        notes.append(f"sdk_ingest.endpoint {sdk_endpoint}: getpatter 0.7.0 posts its call reports to "
+                     f"127.0.0.1:{SDK_NOTIFY_PORT} only; another port receives them only through a proxy")
     return dataclasses.replace(cfg, forward=forward, notes=tuple(notes))
 
 
@@ -949,14 +1171,26 @@ def _mask_url(url: str) -> str:
     return urllib.parse.urlunsplit(u._replace(netloc=netloc))
 
 
+def _listener_dict(listener: Endpoint) -> dict[str, Any]:
+    out: dict[str, Any] = {"endpoint": listener.endpoint}
+    if listener.auth_token is not None:
+        out["auth_token"] = "***"
+    if listener.tls is not None:
+        out["tls"] = dataclasses.asdict(listener.tls)
+    return out
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     """The effective config as plain data in the YAML's shape, secrets masked (header values `***`)."""
     otlp = cfg.receivers.otlp
     return {
-        "receivers": {"otlp": {"grpc": {"endpoint": otlp.grpc.endpoint},
-                               "http": {"endpoint": otlp.http.endpoint},
-                               "max_request_bytes": otlp.max_request_bytes}},
-        "admin": {"endpoint": cfg.admin.endpoint},
+        "receivers": {"otlp": {"grpc": _listener_dict(otlp.grpc),
+                               "http": _listener_dict(otlp.http),
+                               "max_request_bytes": otlp.max_request_bytes,
+                               "read_timeout": format_duration(otlp.read_timeout),
+                               "max_connection_age": format_duration(otlp.max_connection_age)}},
+        "admin": {"endpoint": cfg.admin.endpoint, "auth_token": None if cfg.admin.auth_token is None else "***",
+                  "metrics_auth": cfg.admin.metrics_auth},
         "store": {"log_dir": cfg.store.log_dir, "redact_phone": cfg.store.redact_phone,
                   "retention_days": cfg.store.retention_days, "fsync": cfg.store.fsync},
         "rollup": {"idle_timeout": format_duration(cfg.rollup.idle_timeout),
@@ -972,8 +1206,17 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "forward": [{"name": t.name, "endpoint": _mask_url(t.endpoint), "protocol": t.protocol,
                      "headers": {k: "***" for k, _ in t.headers},
                      "compression": t.compression, "timeout": format_duration(t.timeout),
-                     "insecure": t.insecure} for t in cfg.forward],
+                     "insecure": t.insecure, "queue_max_bytes": t.queue_max_bytes,
+                     "retry_initial_interval": format_duration(t.retry_initial_interval),
+                     "retry_max_interval": format_duration(t.retry_max_interval)} for t in cfg.forward],
+        "metrics": {"tenant_attribute": cfg.metrics.tenant_attribute, "max_tenants": cfg.metrics.max_tenants,
+                    "otlp_push": {"interval": format_duration(cfg.metrics.otlp_push_interval),
+                                  "downstreams": list(cfg.metrics.otlp_push_downstreams)}},
+        "sdk_ingest": {"endpoint": cfg.sdk_ingest.endpoint, "tolerance_usd": cfg.sdk_ingest.tolerance_usd,
+                       "max_body_bytes": cfg.sdk_ingest.max_body_bytes},
+        "limits": {"memory_mib": cfg.limits.memory_mib},
         "log_level": cfg.log_level,
+        "shutdown_timeout": format_duration(cfg.shutdown_timeout),
     }
 
 

@@ -7,6 +7,9 @@ import logging
 import sys
 import time
 
+# `log.info(..., extra={"call_id": cid})`: the context fields a line may carry
+CONTEXT_KEYS = ("call_id", "revision", "reason", "status", "downstream")
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -16,9 +19,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        call_id = getattr(record, "call_id", None)
-        if call_id:
-            out["call_id"] = call_id
+        for key in CONTEXT_KEYS:  # ids and enum-like context passed as `extra=`, never telemetry values
+            value = getattr(record, key, None)
+            if value is not None and value != "":
+                out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

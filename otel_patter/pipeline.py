@@ -1,15 +1,18 @@
 """The one place that knows where a span goes next.
 
     receivers (gRPC :4317, HTTP :4318) -> decode
-      -> UsageGuard   drop spans with impossible ids or usage (partial_success)
-      -> PiiProcessor scrub keys and values in place
-      -> flatten      one flat record per span
+      -> flatten      one flat record per span (the one pass over every attribute of the protobuf)
+      -> UsageGuard   drop spans with impossible ids or usage (partial_success), judged on the records
+      -> PiiProcessor scrub keys and values in place (records read again only if it changed something)
       -> Rollup.assign  call id, side, duplicates, pending  (decides, changes nothing)
       -> SpanWal      make it durable: WAL, pending log, index (refuse on failure)
+      -> Forwarder    the sanitized request into every downstream's persistent queue (refuse on failure)
       -> Rollup.apply   fold into per-call aggregates; tick() finalizes and writes envelopes
     -> answer the client (ack after append)
 
-Metrics and logs are scrubbed by the same PII rules and counted.
+Metrics and logs are scrubbed by the same PII rules, counted and forwarded.
+On finalization (rollup `on_final`): CallMetrics (`patter_*` on /metrics), then Forwarder
+(a `patter.call.summary` span into every queue). Forward queues send in the background.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -26,9 +30,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_patter.component import TraceBatch
 from otel_patter.config import Config
+from otel_patter.exporters.forward import Forwarder
+from otel_patter.exporters.metrics import CallMetrics
+from otel_patter.memlimit import MemoryLimiter
 from otel_patter.pricing import PriceBook
 from otel_patter.processors.pii import PiiProcessor
 from otel_patter.processors.rollup import RollupProcessor
+from otel_patter.processors.sdk_report import SdkReportProcessor
 from otel_patter.processors.usage_guard import UsageGuard
 from otel_patter.receivers.decode import Unavailable
 from otel_patter.selfmetrics import SelfMetrics
@@ -39,6 +47,7 @@ from otel_patter.store.span_wal import SpanWal
 
 log = logging.getLogger("otel_patter.pipeline")
 TICK_S = 0.25
+STORE_PROBE_S = 1.0  # while the store fails, how often the ticker checks whether the disk takes writes again
 
 
 @dataclass(slots=True)
@@ -53,8 +62,16 @@ class Pipeline:
 
         self.cfg = cfg
         self.metrics = metrics or SelfMetrics()
+        ops = None
+        if "OTEL_PATTER_FAULTS" in os.environ:  # TEST-ONLY disk fault injection (store/faults.py)
+            from otel_patter.store.faults import from_env
+
+            ops = from_env(Path(cfg.store.log_dir), cfg.store.fsync)
         self.store = EnvelopeStore(Path(cfg.store.log_dir), fsync=cfg.store.fsync,
-                                   retention_days=cfg.store.retention_days)
+                                   retention_days=cfg.store.retention_days, ops=ops)
+        # soft memory limit (limits.memory_mib): receivers hold request bytes against it and refuse over it
+        self.memory = MemoryLimiter(cfg.limits.memory_mib,
+                                    on_refuse=lambda signal: self.metrics.refused.labels(signal, "memory").inc())
         self.guard = UsageGuard(self.metrics)
         hash_key = None
         if cfg.pii.phone_mode == "hash_only" or cfg.store.redact_phone == "hash_only":
@@ -62,14 +79,24 @@ class Pipeline:
         self.pii = PiiProcessor(cfg.pii, hash_key=hash_key)
         self.rollup = RollupProcessor(cfg, self.store, PriceBook.load(cfg.pricing, cfg.llm_pricing), self.metrics)
         self.wal = SpanWal(self.store, self.metrics)
+        self.forward = Forwarder(cfg, self.metrics)
+        self.call_metrics = CallMetrics(cfg.metrics, self.metrics.registry, self.rollup.book,
+                                        lambda: sum(1 for s in self.rollup.calls.values() if not s.final))
+        self.rollup.on_final.append(self.call_metrics.on_final)
+        self.rollup.on_final.append(self.forward.on_final)
+        # sdk_ingest: the SDK's own call reports -> sanitize -> the call's WAL -> rollup (reconciliation)
+        self.sdk_reports = SdkReportProcessor(cfg, self.pii, self.rollup, self.metrics)
+        self.rollup.on_final.append(self.sdk_reports.on_final)
         self._redactions_synced: dict[str, int] = {}
         self._ticker: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
+        self._last_probe = 0.0
 
     async def start(self) -> None:
         await self.store.start()
         await self.pii.start()
         await self.rollup.start()
+        await self.forward.start()
         self._ticker = asyncio.create_task(self._tick_forever(), name="otel-patter-tick")
 
     async def shutdown(self) -> None:
@@ -78,6 +105,7 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
         await self.rollup.shutdown()
+        await self.forward.shutdown()
         await self.pii.shutdown()
         await self.store.shutdown()
 
@@ -89,12 +117,17 @@ class Pipeline:
         return {
             "rollup": "ok" if self.rollup.ready else "recovering",
             "store": "ok" if self.store.error is None else f"failing: {self.store.error}",
+            **({"memory": self.memory.status()} if self.memory.enabled else {}),  # refuses, never unready
+            **self.forward.readiness(),  # a failing downstream is reported but never makes us unready
         }
 
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
             try:
+                if self.store.error is not None and time.monotonic() - self._last_probe >= STORE_PROBE_S:
+                    self._last_probe = time.monotonic()
+                    self.store.probe()  # readiness comes back when the disk does, even with no client sending
                 self.rollup.tick()
                 now = time.time()
                 if now - self._last_sweep > 3600:
@@ -118,16 +151,26 @@ class Pipeline:
         self.metrics.requests.labels("traces", transport).inc()
         self.metrics.spans_received.labels(transport).inc(
             sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
-        self.guard.consume(batch)
-        self.pii.consume(batch)
-        self._sync_redaction_metrics()
+        # one pass over the protobuf attributes: the guard judges the flat records (and drops bad spans from
+        # both); PII scrubs the protobuf; only when it changed something are the records read again
         batch.records = list(flatten(batch.request))
+        self.guard.consume(batch)
+        redactions = self.pii.counts.total()
+        self.pii.consume(batch)
+        if self.pii.counts.total() != redactions:
+            batch.records = list(flatten(batch.request))
+            self._sync_redaction_metrics()
         self.rollup.assign(batch)
         try:
             self.wal.consume(batch)
         except StoreError as e:
             self.metrics.refused.labels("traces", "store").inc()
             raise Unavailable(f"store unavailable: {e.strerror}", retry_after=5.0) from e
+        try:
+            self.forward.consume(batch)
+        except StoreError as e:
+            self.metrics.refused.labels("traces", "store").inc()
+            raise Unavailable(f"forward queue unavailable: {e.strerror}", retry_after=5.0) from e
         self.rollup.apply(batch)
         return ExportResult(batch.rejected, "; ".join(batch.messages))
 
@@ -143,12 +186,36 @@ class Pipeline:
         self.metrics.metric_points.inc(points)
         self.pii.scrub_metrics(request)
         self._sync_redaction_metrics()
+        self._forward_signal("metrics", request, points)
         return ExportResult()
+
+    def consume_sdk_report(self, payload: object) -> str:
+        """One SDK call report (receivers/sdk_ingest): `accepted`, `duplicate` or `ignored`. Raises Unavailable
+        while recovering or when the store fails (the SDK never retries; the call still ends by its spans)."""
+        if not self.rollup.ready:
+            raise Unavailable("otel-patter is recovering its state", retry_after=1.0)
+        try:
+            outcome = self.sdk_reports.consume(payload, time.time())
+        except StoreError as e:
+            self.metrics.refused.labels("sdk_report", "store").inc()
+            raise Unavailable(f"store unavailable: {e.strerror}", retry_after=5.0) from e
+        finally:
+            self._sync_redaction_metrics()
+        return outcome
 
     def consume_logs(self, request: ExportLogsServiceRequest, transport: str) -> ExportResult:
         self.metrics.requests.labels("logs", transport).inc()
-        self.metrics.log_records.inc(
-            sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs))
+        records = sum(len(sl.log_records) for rl in request.resource_logs for sl in rl.scope_logs)
+        self.metrics.log_records.inc(records)
         self.pii.scrub_logs(request)
         self._sync_redaction_metrics()
+        self._forward_signal("logs", request, records)
         return ExportResult()
+
+    def _forward_signal(self, signal: str, request: ExportMetricsServiceRequest | ExportLogsServiceRequest,
+                        items: int) -> None:
+        try:
+            self.forward.consume_signal(signal, request, items)
+        except StoreError as e:
+            self.metrics.refused.labels(signal, "store").inc()
+            raise Unavailable(f"forward queue unavailable: {e.strerror}", retry_after=5.0) from e

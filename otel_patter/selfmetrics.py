@@ -31,5 +31,16 @@ class SelfMetrics:
         self.calls_finalized = Counter("otel_patter_calls_finalized", "Calls finalized, by signal",
                                        ["reason"], registry=r)
         self.calls_open = Gauge("otel_patter_calls_open", "Calls not yet final", registry=r)
+        self.envelope_writes = Counter("otel_patter_envelope_writes", "Envelope files written (in progress and final)",
+                                       registry=r)
         self.redactions = Counter("otel_patter_pii_redactions", "PII redactions, by rule", ["rule"],
                                   registry=r)
+        # sdk_ingest: the SDK's own call reports (a separate family from patter_cost_usd_total, so sums over
+        # that one never count the same call's spend twice)
+        self.sdk_reports = Counter("otel_patter_sdk_reports", "SDK call reports received on sdk_ingest, by kind "
+                                   "(initiated, call_start, call_end) and outcome", ["kind", "outcome"], registry=r)
+        self.sdk_cost = Counter("patter_sdk_cost_usd", "USD the SDK itself reported per call (its call_end "
+                                "report), by component", ["component"], registry=r)
+        self.reconcile_mismatch = Counter("patter_reconcile_mismatch_calls",
+                                          "Finalized calls whose span-derived USD differs from the SDK's own "
+                                          "report by more than sdk_ingest.tolerance_usd", registry=r)

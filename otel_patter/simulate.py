@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -761,18 +761,20 @@ def _play_side(side: str, plans: list[CallPlan], exporter: SpanExporter, random_
 
 def emit(plans: Sequence[CallPlan], *, endpoint: str, protocol: str = "grpc",
          headers: Mapping[str, str] | None = None, gzip: bool = False, random_ids: bool = False,
-         timeout: float = 10.0) -> list[SimulatedCall]:
+         timeout: float = 10.0, exporter: Callable[[], SpanExporter] | None = None) -> list[SimulatedCall]:
     """Send `plans` through one TracerProvider per side, flush, shut down; return what was sent.
 
-    Raises `SimulationError` when the exporter could not deliver every span.
+    `exporter` makes each side's exporter instead of `make_exporter` (tests wrap the real one, e.g.
+    to resend what was not acknowledged). Raises `SimulationError` when not every span was delivered.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
     for side in SIDES:
         mine = [p for p in plans if p.side == side]
         if mine:
-            _play_side(side, mine, make_exporter(protocol, endpoint, headers, gzip=gzip, timeout=timeout),
-                       random_ids)
+            exp = exporter() if exporter is not None else make_exporter(protocol, endpoint, headers, gzip=gzip,
+                                                                        timeout=timeout)
+            _play_side(side, mine, exp, random_ids)
     return [p.expected() for p in plans]
 
 

@@ -39,8 +39,23 @@ def any_value(v: AnyValue) -> Any:
     return None
 
 
+_PLAIN = frozenset({"string_value", "int_value", "bool_value"})  # kinds whose protobuf value is the plain value
+
+
+class DuplicateKeys(dict):  # type: ignore[type-arg]
+    """An attribute dict whose protobuf list repeated a key (the dict keeps the last value)."""
+
+
 def attrs_dict(kvs: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in kvs}
+    """`{key: any_value(value)}` (a later duplicate key wins), with the common kinds inline."""
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        v = kv.value
+        kind = v.WhichOneof("value")
+        out[kv.key] = getattr(v, kind) if kind in _PLAIN else any_value(v)
+    if len(out) != len(kvs):
+        return DuplicateKeys(out)
+    return out
 
 
 @dataclass(slots=True)
@@ -104,27 +119,44 @@ class SpanRecord:
         )
 
 
+_RESOURCE_CACHE_MAX = 1024
+
+
+class _Resources:
+    """Resource attribute dicts shared across requests: an app sends the same resource in every request,
+    so it is converted once and every record (and every call that keeps its first resource) shares one
+    read-only dict. Keyed by the resource's (already sanitized) encoding; bounded."""
+
+    def __init__(self) -> None:
+        self.cache: dict[bytes, dict[str, Any]] = {}
+
+    def get(self, resource: Any) -> dict[str, Any]:
+        key = resource.SerializeToString(deterministic=True)
+        d = self.cache.get(key)
+        if d is None:
+            if len(self.cache) >= _RESOURCE_CACHE_MAX:
+                self.cache.clear()
+            d = self.cache[key] = attrs_dict(resource.attributes)
+        return d
+
+
+_resources = _Resources()
+
+
 def flatten(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
+    resources = _resources
     for rs in request.resource_spans:
-        resource = attrs_dict(rs.resource.attributes)
+        resource = resources.get(rs.resource)
         for ss in rs.scope_spans:
             scope = ss.scope.name
             for s in ss.spans:
+                status = s.status
+                events = s.events
                 yield SpanRecord(
-                    trace_id=s.trace_id.hex(),
-                    span_id=s.span_id.hex(),
-                    parent_span_id=s.parent_span_id.hex(),
-                    name=s.name,
-                    kind=s.kind,
-                    start_ns=s.start_time_unix_nano,
-                    end_ns=s.end_time_unix_nano,
-                    status_code=s.status.code,
-                    status_message=s.status.message,
-                    attrs=attrs_dict(s.attributes),
-                    events=[
-                        {"name": e.name, "time_ns": e.time_unix_nano, "attrs": attrs_dict(e.attributes)}
-                        for e in s.events
-                    ],
-                    resource=resource,
-                    scope=scope,
+                    s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name, s.kind,
+                    s.start_time_unix_nano, s.end_time_unix_nano, status.code, status.message,
+                    attrs_dict(s.attributes),
+                    [{"name": e.name, "time_ns": e.time_unix_nano, "attrs": attrs_dict(e.attributes)}
+                     for e in events] if events else [],
+                    resource, scope,
                 )

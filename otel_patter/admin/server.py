@@ -1,52 +1,42 @@
-"""Admin HTTP (:4319): /healthz, /readyz, /metrics and the calls API (JSON, units in the names)."""
+"""Admin HTTP (:4319): /healthz, /readyz, /metrics, the calls API (JSON, units in the names), its OpenAPI
+document at /api/v1/openapi.json, and the page at / and /calls/{id}.
+
+With `admin.auth_token` set, everything but /healthz and /readyz (and /metrics unless
+`admin.metrics_auth`) wants `Authorization: Bearer <token>` (see `auth.py`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import math
-import re
-import time
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from otel_patter.store.envelope_store import parse_iso
+from otel_patter.admin import page
+from otel_patter.admin.auth import TokenAuth
+from otel_patter.admin.openapi import build_openapi
+from otel_patter.admin.query import (
+    DEFAULT_WAIT_S,
+    GET_PARAMS,
+    MAX_WAIT_S,
+    UNITS,
+    CallsQuery,
+    QueryError,
+    check_params,
+    filter_calls,
+    parse_seconds,
+    parse_since,
+    parse_wait,
+)
 
 log = logging.getLogger("otel_patter.admin")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_WAIT_S = 600.0
+PAGE_CALLS = 50  # calls on the page at /
+LIST_RECHECK_S = 1.0  # a list wait re-reads the calls at least this often (a reopened call, a new match)
 
-
-def parse_since(value: str, now: float | None = None) -> float:
-    """`1h`, `30m`, an ISO timestamp or epoch seconds -> epoch seconds."""
-    now = time.time() if now is None else now
-    m = _DURATION.match(value.strip())
-    if m:
-        return now - float(m.group(1)) * _UNIT_S[m.group(2)]
-    try:
-        return float(value)
-    except ValueError:
-        return parse_iso(value)
-
-
-def filter_calls(calls: list[dict[str, Any]], *, status: str | None = None, since: float | None = None,
-                 side: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Shared by the API and the CLI's log-dir mode: newest first."""
-    out = []
-    for env in calls:
-        if status and env.get("status") != status:
-            continue
-        if side and side not in (env.get("sides") or {}):
-            continue
-        if since is not None:
-            started = env.get("started_at")
-            if not started or parse_iso(started) < since:
-                continue
-        out.append(env)
-    out.sort(key=lambda e: e.get("started_at") or "", reverse=True)
-    return out[:limit]
+__all__ = ["MAX_WAIT_S", "AdminServer", "filter_calls", "parse_since"]
 
 
 def _bad(message: str) -> web.Response:
@@ -61,16 +51,34 @@ class AdminServer:
         self.pipeline = pipeline
         self.runner: web.AppRunner | None = None
         self.port = 0
+        admin_cfg = getattr(getattr(pipeline, "cfg", None), "admin", None)
+        self.auth = TokenAuth(getattr(admin_cfg, "auth_token", None), getattr(admin_cfg, "metrics_auth", False))
+        self.openapi = build_openapi(auth=self.auth.enabled, metrics_auth=self.auth.metrics_auth)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._finals = asyncio.Event()  # set (and replaced) whenever a call becomes final
+        pipeline.rollup.on_final.append(self._on_final)
+        self.draining = False  # set at shutdown: /readyz says 503 so load balancers stop sending
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024)
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self.auth.middleware])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/api/v1/openapi.json", self.openapi_doc)
         app.router.add_get("/api/v1/calls", self.list_calls)
         app.router.add_get("/api/v1/calls/{call_id}", self.get_call)
         app.router.add_post("/api/v1/calls/{call_id}/finalize", self.finalize)
+        app.router.add_get("/", self.index_page)
+        app.router.add_get("/calls/{call_id}", self.call_page)
         return app
+
+    def _on_final(self, _state: Any, _envelope: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_list_waiters)
+
+    def _wake_list_waiters(self) -> None:
+        event, self._finals = self._finals, asyncio.Event()
+        event.set()
 
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -78,52 +86,86 @@ class AdminServer:
     async def readyz(self, _: web.Request) -> web.Response:
         checks = self.pipeline.readiness()
         ready = self.pipeline.ready
+        if self.draining:
+            checks, ready = {**checks, "shutdown": "draining"}, False
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.pipeline.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def openapi_doc(self, _: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
     async def list_calls(self, request: web.Request) -> web.Response:
-        q = request.query
+        """Filtered, paged; with wait=final, once at least `min_count` calls match and all of them are final."""
         try:
-            limit = int(q.get("limit", "100"))
-            since = parse_since(q["since"]) if "since" in q else None
-        except (ValueError, OverflowError):
-            return _bad("limit must be an integer; since a duration like 1h, an ISO time or epoch seconds")
-        if not 1 <= limit <= 10_000:
-            return _bad("limit must be between 1 and 10000")
-        calls = filter_calls(self.pipeline.rollup.list_calls(), status=q.get("status"), since=since,
-                             side=q.get("side"), limit=limit)
-        return web.json_response({"calls": calls, "count": len(calls)})
+            query = CallsQuery.parse(request.query)
+        except QueryError as e:
+            return _bad(str(e))
+        rollup = self.pipeline.rollup
+        matches = query.select(rollup.list_calls())
+        if query.wait:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + query.timeout
+            while not query.satisfied(matches):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    calls, cursor = query.page(matches)
+                    return web.json_response({"error": "timed out waiting for the matching calls to be final",
+                                              "calls": calls, "count": len(calls), "next_cursor": cursor,
+                                              "units": UNITS}, status=408)
+                finals = self._finals
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finals.wait(), min(remaining, LIST_RECHECK_S))
+                matches = query.select(rollup.list_calls())
+        calls, cursor = query.page(matches)
+        return web.json_response({"calls": calls, "count": len(calls), "next_cursor": cursor, "units": UNITS})
 
     async def get_call(self, request: web.Request) -> web.Response:
+        """The envelope; with wait=final, once the call is final (an id not seen yet waits for it too)."""
         call_id = request.match_info["call_id"]
         rollup = self.pipeline.rollup
-        if request.query.get("wait") == "final":
-            try:
-                timeout = float(request.query.get("timeout", "30"))
-            except ValueError:
-                return _bad("timeout must be a number of seconds")
-            if not math.isfinite(timeout) or timeout < 0:
-                return _bad("timeout must be a number of seconds")
-            if not await rollup.wait_final(call_id, min(timeout, MAX_WAIT_S)):
-                env = rollup.get(call_id)
-                return web.json_response({"error": "timed out waiting for the call to be final",
-                                          "call": env}, status=408)
+        try:
+            check_params(request.query, GET_PARAMS)
+            wait = parse_wait(request.query)
+            timeout = (parse_seconds(request.query["timeout"], "timeout", MAX_WAIT_S)
+                       if "timeout" in request.query else DEFAULT_WAIT_S)
+        except QueryError as e:
+            return _bad(str(e))
+        if wait and not await rollup.wait_final(call_id, timeout):
+            return web.json_response({"error": "timed out waiting for the call to be final",
+                                      "call": rollup.get(call_id)}, status=408)
         env = rollup.get(call_id)
         if env is None:
             return web.json_response({"error": "no such call"}, status=404)
         return web.json_response(env)
 
     async def finalize(self, request: web.Request) -> web.Response:
+        """Final now (200), or asked for and retried by the ticker when the store failed (202)."""
         call_id = request.match_info["call_id"]
-        if not self.pipeline.rollup.request_finalize(call_id):
+        rollup = self.pipeline.rollup
+        if not rollup.request_finalize(call_id):
             return web.json_response({"error": "no such call"}, status=404)
-        self.pipeline.rollup.tick()
-        return web.json_response(self.pipeline.rollup.get(call_id), status=202)
+        rollup.tick()
+        env = rollup.get(call_id)
+        return web.json_response(env, status=202 if env["status"] == "in_progress" else 200)
+
+    async def index_page(self, _: web.Request) -> web.Response:
+        calls = filter_calls(self.pipeline.rollup.list_calls(), limit=PAGE_CALLS)
+        return web.Response(text=page.render_index(calls, limit=PAGE_CALLS), content_type="text/html",
+                            headers=page.SECURITY_HEADERS)
+
+    async def call_page(self, request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
+        env = self.pipeline.rollup.get(call_id)
+        if env is None:
+            return web.Response(text=page.render_not_found(call_id), status=404, content_type="text/html",
+                                headers=page.SECURITY_HEADERS)
+        return web.Response(text=page.render_call(env), content_type="text/html", headers=page.SECURITY_HEADERS)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True)
@@ -132,6 +174,8 @@ class AdminServer:
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
         log.info("admin listening on %s:%s", self.host, self.port)
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 60.0) -> None:
+        """Close the listener; requests in flight (a `?wait=final` long poll) get `grace` seconds, then are cut."""
         if self.runner is not None:
+            self.runner._shutdown_timeout = grace  # aiohttp only takes it in AppRunner(); it is read in cleanup()
             await self.runner.cleanup()

@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from otel_patter.pricing import PriceBook, pricing_key, round6
+from otel_patter.processors.reconcile import apply_sdk_view, sdk_llm_models
 from otel_patter.processors.rollup_state import CallState, GroupAgg
 
 COMPONENTS = ("stt", "tts", "llm", "telephony", "realtime")
@@ -54,7 +55,8 @@ class _Pricer:
     """Prices one side's usage; collects unpriced lines and warnings as it goes."""
 
     def __init__(self, book: PriceBook, defaults: ModelDefaults, call_models: dict[str, str],
-                 side: str, warnings: dict[str, str]) -> None:
+                 side: str, warnings: dict[str, str], sdk_models: dict[str, str] | None = None) -> None:
+        self.sdk_models = sdk_models or {}  # {provider: model} the SDK's own call report names (sdk_ingest)
         self.book = book
         self.defaults = defaults
         self.call_models = call_models
@@ -145,6 +147,12 @@ class _Pricer:
                 "LLM model not on some spans; used the model seen on the call's other LLM spans"
             )
             return model
+        model = self.sdk_models.get(provider)
+        if model is not None:
+            self.warnings["model_defaulted"] = (
+                "LLM model not on spans; used the model the SDK's call report names (agent.model)"
+            )
+            return model
         model = ModelDefaults.lookup(self.defaults.llm, provider, pricing_key("llm", provider))
         if model is not None:
             self.warnings["model_defaulted"] = f"LLM model not on spans; used llm_default_model {model}"
@@ -155,13 +163,15 @@ class _Pricer:
         return {**{c: round6(v) for c, v in self.cost.items()}, "total": round6(total)}
 
 
-def _latency(g: GroupAgg) -> dict[str, float | None]:
+def _latency(g: GroupAgg) -> dict[str, Any]:
     return {
         "p50_ms": percentile(g.ttfb_ms, 0.50),
         "p95_ms": percentile(g.ttfb_ms, 0.95),
         "p99_ms": percentile(g.ttfb_ms, 0.99),
         "llm_ttft_p50_ms": percentile(g.ttft_ms, 0.50),
         "turn_p50_ms": percentile(g.turn_ms, 0.50),
+        # each turn's ttfb (the figures behind p50/p95/p99), in the order the turns started
+        "turns_ms": [round(v, 3) for _, v in sorted(g.ttfb_turns, key=lambda t: t[0])],
     }
 
 
@@ -184,7 +194,7 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
     warnings = dict(state.warnings)  # build-time warnings are recomputed on every build
     priced: dict[str, tuple[_Pricer, dict[str, Any]]] = {}
     for side, g in sides.items():
-        pricer = _Pricer(book, defaults, call_models, side, warnings)
+        pricer = _Pricer(book, defaults, call_models, side, warnings, sdk_llm_models(state))
         priced[side] = (pricer, pricer.usage(g))
     top_side = "uut" if "uut" in sides else next(iter(sides), "uut")
     top = sides.get(top_side, GroupAgg())
@@ -204,12 +214,14 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
     else:
         status = "in_progress"
     realtime_provider = _first(top.realtime)
-    return {
+    envelope = {
         "schema_version": SCHEMA_VERSION,
         "writer": WRITER,
         "revision": state.revision,
         "call_id": state.call_id,
         "trace_id": state.trace_id,
+        # `test.run_id` resource values seen on any side (a suite sets it to find its calls)
+        "test_run_id": sorted(all_groups.test_run_ids),
         "started_at": iso_ms(state.start_ns),
         "ended_at": iso_ms(state.end_ns),
         "duration_ms": duration_ms,
@@ -239,6 +251,7 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
                 "turns": sides[side].turns,
                 "latency": _latency(sides[side]),
                 "counts": _counts(sides[side]),
+                "test_run_id": sorted(sides[side].test_run_ids),
             }
             for side, (p, usage) in sorted(priced.items())
         },
@@ -247,3 +260,5 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
         "error": all_groups.root_error,
         "pricing_version": book.version,
     }
+    # the SDK's own call report (sdk_ingest), when one came: caller/callee (redacted), direction, `reconciliation`
+    return apply_sdk_view(envelope, state, book)

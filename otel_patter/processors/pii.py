@@ -26,8 +26,10 @@ Dates, times, decimals, dotted quads and version strings are not numbers.
 
 Replacements: phone -> `***` + last 4 digits (`mask`) or `hmac:` + 16 hex of HMAC-SHA256(key,
 E.164 digits) (`hash_only`, never unkeyed); email `<email>`, card `<card>`, token `<token>`, ip
-`<ip>`. Scrubbing is idempotent. Every redaction is counted in `counts` by rule (`key_dropped`,
-`phone`, `email`, `card`, `token`, `ip`); a changed span gets `otel_patter.redacted_count`.
+`<ip>`; the value of a query parameter that carries content (Twilio's `SpeechResult`, SMS `Body`,
+`text`, `transcript`, ...) `<content>`. Scrubbing is idempotent. Every redaction is counted in `counts`
+by rule (`key_dropped`, `content`, `phone`, `email`, `card`, `token`, `ip`); a changed span gets
+`otel_patter.redacted_count`.
 Raw values are never logged.
 """
 
@@ -53,7 +55,7 @@ if TYPE_CHECKING:
     from otel_patter.component import TraceBatch
 
 REDACTED_COUNT_KEY = "otel_patter.redacted_count"
-RULES = ("key_dropped", "phone", "email", "card", "token", "ip")
+RULES = ("key_dropped", "content", "phone", "email", "card", "token", "ip")
 PHONE_MODES = ("mask", "hash_only")
 
 # key decisions
@@ -116,11 +118,17 @@ _ALLOW_RE = _glob_regex(ALLOW_KEYS, ignore_case=False)
 _DENY_RE = _glob_regex(DENY_KEYS, ignore_case=True)
 
 # -- value patterns --------------------------------------------------------------------------------
+# Query parameters that carry what a person said or wrote (Twilio's speech and SMS webhooks put the
+# transcript and the message in the URL): their values go, like content keys.
+_CONTENT_PARAMS = (r"(?i:(?:unstable)?speechresult|transcriptiontext|transcript|body|text|message|prompt|content"
+                   r"|utterance)")
 # A cheap pre-check: strings without any of these skip every heavier rule. Seven digits with at most
-# three non-alphanumerics between neighbours (phones, cards), `@`, percent-escapes, token prefixes,
-# credential-looking `name=` / `"name":`, and 32-character runs (high-entropy tokens).
+# three non-alphanumerics between neighbours (phones, cards), `@`, percent- and JSON `\uXXXX` escapes,
+# content query parameters, token prefixes, credential-looking `name=` / `"name":`, and 32-character
+# runs (high-entropy tokens).
 _PRECHECK_SRC = (
-    r"\d(?:[^\dA-Za-z]{0,3}\d){6}|@|%[0-9A-Fa-f]{2}"
+    r"\d(?:[^\dA-Za-z]{0,3}\d){6}|@|%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}"
+    rf"|(?<![^?&;]){_CONTENT_PARAMS}="
     r"|sk[-_]|[rp]k_|xox|AKIA|ASIA|gh[pousr]_|github_pat_|glpat-|AIza|eyJ|(?i:bearer|basic)\s"
     r"|(?i:key|token|secret|passw|pwd|sig|signature|credential|authorization)[\"']?\s*[=:]"
     r"|[A-Za-z0-9_\-]{32}"
@@ -158,15 +166,18 @@ _TOKEN = (
 _BEARER = r"(?i:(?<![A-Za-z0-9])(?:bearer|basic)\s+)(?!<token>)[A-Za-z0-9._~+/\-]{8,}=*"
 _EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
 # digits with separators: phones and cards (the `\\n` branch finds numbers after JSON escapes)
-_NUM = rf"(?:{_B}|(?<=\\[nrt]))(?:\+|\(\+?)?\d(?:{_SEP}{{0,3}}\d){{6,22}}{_E}"
+# between two digits: up to three separators, or a `+` (a space in form encoding: `%2B44+20+7946+0958`)
+_GAP = rf"(?:{_SEP}{{0,3}}|\)?\+{_SEP}?)"
+_NUM = rf"(?:{_B}|(?<=\\[nrt]))(?:\+|\(\+?)?\d(?:{_GAP}\d){{6,22}}{_E}"
+_CONTENT = rf"(?<![^?&;]){_CONTENT_PARAMS}=(?!<content>)[^&#\"'<>\r\n]+"
 _RUN = r"(?<![A-Za-z0-9_\-])[A-Za-z0-9_\-]{32,}={0,2}(?![A-Za-z0-9_\-=])"
 _IPV6 = r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?:%\w+)?(?![\w:])"
 
 
 def _master(redact_ip: bool) -> re.Pattern[str]:
-    alts = [f"(?P<keep>{_KEEP})"]
+    alts = [f"(?P<userinfo>{_USERINFO})", f"(?P<content>{_CONTENT})", f"(?P<keep>{_KEEP})"]
     alts.append(f"(?P<ip>{_IPV4})" if redact_ip else f"(?P<keepip>{_IPV4})")
-    alts += [f"(?P<cred>{_CRED})", f"(?P<userinfo>{_USERINFO})", f"(?P<token>{_TOKEN})",
+    alts += [f"(?P<cred>{_CRED})", f"(?P<token>{_TOKEN})",
              f"(?P<bearer>{_BEARER})", f"(?P<num>{_NUM})", f"(?P<email>{_EMAIL})"]
     if redact_ip:
         alts.append(f"(?P<ip6>{_IPV6})")
@@ -176,13 +187,15 @@ def _master(redact_ip: bool) -> re.Pattern[str]:
 
 _MASTER = _master(False)
 _MASTER_IP = _master(True)
-_PCT = re.compile(r"%([0-7][0-9A-Fa-f])")
+_PCT = re.compile(r"%([0-7][0-9A-Fa-f])|((?:%[C-Fc-f][0-9A-Fa-f])(?:%[89ABab][0-9A-Fa-f]){1,3})|\\u([0-9A-Fa-f]{4})")
 _NON_DIGIT = re.compile(r"\D")
 _DECIMAL = re.compile(r"\d+[.,]\d+")
 _DATE = re.compile(r"\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|\d{4}[./-]\d{1,2}[./-]\d{1,2}")
-_CARD_SHAPE = re.compile(r"\d(?:[ \-]?\d)*")
+_CARD_SHAPE = re.compile(r"\d(?:[ \-+]?\d)*")
 _GROUP_SPLIT = re.compile(rf"{_SEP}+")
 _WS_GROUP = re.compile(r"[^\s]+")
+_PLUS_GAP = re.compile(r"(?<=[\d)])\+")  # `+` after a digit or `)`: a form-encoded space, never a country prefix
+_ODD_SPACES = str.maketrans({"\t": " ", "\u2009": " ", "\u202f": " "})  # separators phonenumbers rejects
 _NANP_BARE = re.compile(r"1?[2-9]\d{9}")
 _US_LOCAL = re.compile(r"\d{3}[-. ]\d{4}")
 _CRED_SPLIT = re.compile(r"=|[\"']\s*:\s*\"")
@@ -208,6 +221,7 @@ def _e164(num: phonenumbers.PhoneNumber) -> str:
 
 def phone_e164(candidate: str) -> str | None:
     """E.164 (`+15551234567`) when `candidate` (digits with separators, no other text) is a phone number."""
+    candidate = _PLUS_GAP.sub(" ", candidate.translate(_ODD_SPACES))
     digits = _NON_DIGIT.sub("", candidate)
     if not 7 <= len(digits) <= 17:
         return None
@@ -244,9 +258,17 @@ def phone_e164(candidate: str) -> str | None:
                 continue
             if phonenumbers.is_possible_number(num):
                 return _e164(num)
-        elif (_TRUNK[region] != "0" or digits[0] == "0") and phonenumbers.is_valid_number(num):
-            return _e164(num)  # national formats other than NANP are written with their trunk prefix
+        elif _TRUNK[region] != "0" or digits[0] == "0":
+            if phonenumbers.is_valid_number(num):
+                return _e164(num)  # national formats other than NANP are written with their trunk prefix ...
+        elif phonenumbers.is_valid_number(num) and _national_groups(num) == groups:
+            return _e164(num)  # ... or grouped exactly as the region writes them without it: BR (11) 91234-5678
     return None
+
+
+def _national_groups(num: phonenumbers.PhoneNumber) -> list[str]:
+    return [g for g in _GROUP_SPLIT.split(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL))
+            if g]
 
 
 def _luhn(digits: str) -> bool:
@@ -290,7 +312,8 @@ def _looks_secret(run: str) -> bool:
 
 
 def _percent_decode(s: str) -> tuple[str, list[int], list[int]] | None:
-    """ASCII `%XX` escapes decoded, plus breakpoints mapping decoded offsets back to `s` (see `_orig`)."""
+    """`%XX` escapes (ASCII and UTF-8 sequences: `%C2%A0`) and JSON `\\uXXXX` escapes decoded, plus breakpoints
+    mapping decoded offsets back to `s` (see `_orig`)."""
     parts: list[str] = []
     dpos = [0]
     opos = [0]
@@ -301,8 +324,15 @@ def _percent_decode(s: str) -> tuple[str, list[int], list[int]] | None:
         d += start - pos
         dpos.append(d)
         opos.append(start)
-        parts.append(chr(int(m.group(1), 16)))
-        d += 1
+        ascii_hex, utf8, json_hex = m.groups()
+        if ascii_hex is not None:
+            ch = chr(int(ascii_hex, 16))
+        elif utf8 is not None:
+            ch = bytes.fromhex(utf8.replace("%", "")).decode("utf-8", "replace")
+        else:
+            ch = chr(int(json_hex, 16))
+        parts.append(ch)
+        d += len(ch)
         pos = m.end()
         dpos.append(d)
         opos.append(pos)
@@ -400,7 +430,7 @@ class PiiProcessor:
         return s, total
 
     def _scrub_once(self, s: str) -> tuple[str, int]:
-        decoded = _percent_decode(s) if "%" in s else None
+        decoded = _percent_decode(s) if "%" in s or "\\u" in s else None
         text = decoded[0] if decoded is not None else s
         pieces: list[str] = []
         pos = 0
@@ -435,7 +465,7 @@ class PiiProcessor:
             e164 = phone_e164(text)
             if e164 is not None:
                 return "phone", self._phone_repl(e164), 1
-            if len(digits) >= 14 or len(_WS_GROUP.findall(text)) >= 3:
+            if len(digits) >= 14 or len(_WS_GROUP.findall(_PLUS_GAP.sub(" ", text))) >= 3:
                 return self._split_phones(text)
             return None
         if kind == "email":
@@ -456,6 +486,8 @@ class PiiProcessor:
             return "token", f"{text[:m.end()]}<token>{tail}", 1
         if kind == "userinfo":
             return "token", "<token>@", 1
+        if kind == "content":
+            return "content", text.split("=", 1)[0] + "=<content>", 1
         if kind == "run":
             return ("token", "<token>", 1) if _looks_secret(text) else None
         if kind == "ip":
@@ -478,7 +510,8 @@ class PiiProcessor:
         version string is never cut into a number): from each group, the longest run of groups with
         7-17 digits that is a phone number is replaced; groups that start none are kept.
         """
-        groups = [(m.start(), m.end(), len(_NON_DIGIT.sub("", m.group()))) for m in _WS_GROUP.finditer(text)]
+        spaced = _PLUS_GAP.sub(" ", text)  # same offsets: `+` between digits is a form-encoded space
+        groups = [(m.start(), m.end(), len(_NON_DIGIT.sub("", m.group()))) for m in _WS_GROUP.finditer(spaced)]
         out: list[str] = []
         pos = 0
         found = 0
@@ -494,7 +527,7 @@ class PiiProcessor:
                 if digits >= 7:
                     window.append(j)
             for j in reversed(window):
-                e164 = phone_e164(text[groups[i][0]:groups[j][1]])
+                e164 = phone_e164(spaced[groups[i][0]:groups[j][1]])
                 if e164 is not None:
                     hit = (j, e164)
                     break

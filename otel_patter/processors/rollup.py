@@ -14,9 +14,10 @@ trace. Never the trace alone: 0.7.0 starts a new trace for most top-level spans.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from otel_patter.config import Config
 from otel_patter.pricing import PriceBook
 from otel_patter.processors.envelope import ModelDefaults, build_envelope
 from otel_patter.processors.rollup_state import SIDES, CallState, explicit_side, first_call_id
+from otel_patter.processors.sdk_report import WAL_TYPE as SDK_REPORT
+from otel_patter.processors.sdk_report import apply_report, replay_report, report_start, sdk_wal_line
 from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.spans import SpanRecord
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError, parse_iso
@@ -36,7 +39,9 @@ log = logging.getLogger("otel_patter.rollup")
 OWN_SERVICE = "otel-patter"
 TRACE_MAP_MAX = 200_000
 EVICT_AFTER_S = 120.0
-ENVELOPE_DEBOUNCE_S = 1.0
+EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
+ENVELOPE_DEBOUNCE_S = 5.0  # an open call's envelope file is rewritten at most this often (the API is live)
+ENVELOPE_FLUSH_MAX = 200  # envelopes one tick writes at most (the rest next tick): a tick never stalls ingest
 
 
 @dataclass(slots=True)
@@ -61,12 +66,23 @@ class RollupProcessor:
                                       dict(cfg.tts_default_model))
         self.calls: dict[str, CallState] = {}
         self.index: dict[str, dict[str, Any]] = {}
-        self.trace_calls: OrderedDict[str, str] = OrderedDict()
+        # trace id (as an int: 44 bytes, where a hex str key in an OrderedDict costs ~200) -> call id; oldest first
+        self.trace_calls: dict[int, str] = {}
         self.pending: dict[str, list[tuple[SpanRecord, float]]] = {}
         self._pending_dirty = False
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.on_final: list[Callable[[CallState, dict[str, Any]], None]] = []
         self.ready = False
+        # finalization without looking at every call every tick: a heap of (when to look again, call id), and the
+        # calls whose deadline may have moved since (a span, a finalize request, an SDK report, a restart)
+        self._deadlines: list[tuple[float, str]] = []
+        self._touched: set[str] = set()
+        self._evict_at = 0.0
+        self._batch_states: dict[str, CallState | None] = {}
+        metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
+
+    def open_calls(self) -> int:
+        return sum(1 for s in self.calls.values() if not s.final)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -77,11 +93,32 @@ class RollupProcessor:
         self.flush_envelopes(force=True)
 
     # -- identity ------------------------------------------------------------------------------
+    @staticmethod
+    def _trace_key(trace_id: str) -> int | None:
+        """The int of a trace id's 32 lowercase hex digits (what flatten writes); None for anything else."""
+        try:
+            key = int(trace_id, 16)
+        except ValueError:
+            return None
+        return key if len(trace_id) == 32 and f"{key:032x}" == trace_id else None
+
     def _learn_trace(self, trace_id: str, call_id: str) -> None:
-        if trace_id not in self.trace_calls:
-            self.trace_calls[trace_id] = call_id
-            if len(self.trace_calls) > TRACE_MAP_MAX:
-                self.trace_calls.popitem(last=False)
+        traces = self.trace_calls
+        try:
+            if int(trace_id, 16) in traces:
+                return
+        except ValueError:
+            return
+        key = self._trace_key(trace_id)
+        if key is not None:
+            traces[key] = call_id
+            if len(traces) > TRACE_MAP_MAX:  # forget the oldest sixteenth at once (a dict pops its first key slowly)
+                for old in list(itertools.islice(traces, TRACE_MAP_MAX // 16)):
+                    del traces[old]
+
+    def _trace_call(self, trace_id: str) -> str | None:
+        key = self._trace_key(trace_id)
+        return None if key is None else self.trace_calls.get(key)
 
     def _call_id_of(self, rec: SpanRecord) -> str | None:
         return first_call_id(rec.attrs) or first_call_id(rec.resource)
@@ -107,11 +144,15 @@ class RollupProcessor:
         batch.plan = plan
         local_traces: dict[str, str] = {}
         ids: list[str | None] = []
+        valid: dict[str, bool] = {}
         for rec in batch.records:
             cid = None
             if rec.resource.get("service.name") != OWN_SERVICE:
                 cid = self._call_id_of(rec)
-                if cid is not None and not valid_call_id(cid):
+                ok = valid.get(cid) if cid is not None else True
+                if ok is None:
+                    ok = valid[cid] = valid_call_id(cid)  # type: ignore[index,arg-type]
+                if not ok:
                     self.metrics.spans_unattributed.labels("invalid_call_id").inc()
                     batch.messages.append("span with an invalid call id (too long or not printable) not rolled up")
                     cid = ""
@@ -122,11 +163,12 @@ class RollupProcessor:
                 self.metrics.spans_unattributed.labels("own_summary").inc()
             ids.append(cid)
         seen_now: set[tuple[str, str]] = set()
+        self._batch_states = {}
         for rec, cid in zip(batch.records, ids, strict=True):
             if cid == "":
                 continue
             if cid is None:
-                cid = local_traces.get(rec.trace_id) or self.trace_calls.get(rec.trace_id)
+                cid = local_traces.get(rec.trace_id) or self._trace_call(rec.trace_id)
             if cid is None:
                 if rec.key in seen_now or any(r.key == rec.key for r, _ in self.pending.get(rec.trace_id, ())):
                     plan.duplicates += 1
@@ -141,13 +183,19 @@ class RollupProcessor:
                 plan.resolved_pending.append(rec)
                 self._plan_span(plan, rec, cid, seen_now)
         batch.records = [r for recs in plan.by_call.values() for r in recs]
+        self._batch_states = {}
 
     def _plan_span(self, plan: WritePlan, rec: SpanRecord, cid: str, seen_now: set[tuple[str, str]]) -> None:
-        state = self._state(cid)
-        if rec.key in seen_now or (state is not None and rec.key in state.seen):
+        states = self._batch_states  # assign changes no state: one lookup (or WAL reload) per call per batch
+        if cid in states:
+            state = states[cid]
+        else:
+            state = states[cid] = self._state(cid)
+        key = (rec.trace_id, rec.span_id)
+        if key in seen_now or (state is not None and key in state.seen):
             plan.duplicates += 1
             return
-        seen_now.add(rec.key)
+        seen_now.add(key)
         rec.call_id = cid
         rec.side = self._side_of(rec, state)
         if cid not in plan.reldirs:
@@ -174,13 +222,16 @@ class RollupProcessor:
             state = self.calls.get(cid)  # assign() already reloaded an evicted call from its WAL
             if state is None:
                 state = self.calls[cid] = CallState(cid, plan.reldirs[cid])
+                state.last_write = now  # its first envelope ENVELOPE_DEBOUNCE_S from now (or when it is final)
             if state.final:
                 state.final = False
                 state.final_reason = None
                 state.revision += 1
+            self._touched.add(cid)
+            add, learn = state.add, self._learn_trace
             for rec in recs:
-                state.add(rec, now)
-                self._learn_trace(rec.trace_id, cid)
+                add(rec, now)
+                learn(rec.trace_id, cid)
         for rec in plan.resolved_pending:
             lst = self.pending.get(rec.trace_id)
             if lst:
@@ -190,8 +241,8 @@ class RollupProcessor:
             self._pending_dirty = True
         for rec in plan.pending:
             self.pending.setdefault(rec.trace_id, []).append((rec, now))
-        self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
-        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
+        if plan.pending or plan.resolved_pending:
+            self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
 
     # -- finalization ---------------------------------------------------------------------------
     def request_finalize(self, call_id: str) -> bool:
@@ -202,6 +253,7 @@ class RollupProcessor:
             self.calls[call_id] = state
         if not state.final:
             state.finalize_requested_at = self.clock()
+            self._touched.add(call_id)
         return True
 
     def _deadline(self, state: CallState) -> tuple[float, str]:
@@ -223,27 +275,60 @@ class RollupProcessor:
             if g.signal_at is not None:
                 cur[1] = g.signal_at if cur[1] is None else min(cur[1], g.signal_at)
                 cur[2] = cur[2] or g.root_ended
+        sdk_end = None
+        if state.sdk is not None:  # the SDK's own call reports speak for its side (uut under Patter.serve)
+            cur = sides.setdefault("uut", [0.0, None, False])
+            cur[0] = max(cur[0], state.sdk.last_arrival)
+            sdk_end = state.sdk.end_at
+            if sdk_end is not None:  # its call_end report is the definitive end: final after the grace
+                cur[1] = sdk_end if cur[1] is None else min(cur[1], sdk_end)
         best = (0.0, "idle_timeout")
-        for last, signal, root in sides.values():
+        for side, (last, signal, root) in sides.items():
             if signal is not None:
-                d = (max(last, signal) + grace, "root_span_end" if root else "hangup_usage")
+                reason = "root_span_end" if root else "hangup_usage"
+                if side == "uut" and sdk_end is not None:
+                    reason = "sdk_call_end"
+                d = (max(last, signal) + grace, reason)
             else:
                 d = (last + idle, "idle_timeout")
             best = max(best, d)
         return best
 
     def tick(self) -> None:
+        """Finalize the calls whose deadline passed (looking only at those, and at calls touched since the last
+        tick), evict final calls after EVICT_AFTER_S, write debounced envelopes, expire pending spans."""
         now = self.clock()
-        for cid, state in list(self.calls.items()):
-            if not state.final:
+        heap = self._deadlines
+        for cid in self._touched:
+            state = self.calls.get(cid)
+            if state is not None and not state.final:
+                heapq.heappush(heap, (self._deadline(state)[0], cid))
+        self._touched.clear()
+        due: set[str] = set()
+        while heap and heap[0][0] <= now:
+            _, cid = heapq.heappop(heap)
+            state = self.calls.get(cid)
+            if state is None or state.final or cid in due:
+                continue
+            deadline, _reason = self._deadline(state)
+            if now >= deadline:
+                due.add(cid)
+            else:
+                heapq.heappush(heap, (deadline, cid))
+        if due:  # in call order, as a scan of every call would have finalized them
+            for cid, state in [(c, self.calls[c]) for c in (self.calls if len(due) > 1 else due) if c in due]:
                 deadline, reason = self._deadline(state)
-                if now >= deadline:
-                    self._finalize(state, reason, now)
-            elif state.final_at is not None and now - state.final_at > EVICT_AFTER_S and not state.dirty:
-                del self.calls[cid]
+                self._finalize(state, reason, now)
+                if not state.final:  # the store failed: try again at the next tick
+                    self._touched.add(cid)
+        if now >= self._evict_at:
+            self._evict_at = now + EVICT_SWEEP_S
+            for cid, state in list(self.calls.items()):
+                if state.final and state.final_at is not None and now - state.final_at > EVICT_AFTER_S \
+                        and not state.dirty:
+                    del self.calls[cid]
         self.flush_envelopes()
         self._expire_pending(now)
-        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
 
     def _finalize(self, state: CallState, reason: str, now: float) -> None:
         state.final = True
@@ -256,7 +341,7 @@ class RollupProcessor:
             envelope = self._write(state)
         except StoreError as e:
             self.metrics.store_errors.labels("finalize").inc()
-            log.warning("finalize of a call failed; will retry: %s", e.strerror)
+            log.warning("finalize of a call failed; will retry: %s", e.strerror, extra={"call_id": state.call_id})
             state.final = False
             state.final_reason = None
             state.final_at = None
@@ -264,8 +349,13 @@ class RollupProcessor:
         self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
             {"open": False, "revision": state.revision, "reason": reason})
         self.metrics.calls_finalized.labels(reason).inc()
+        log.info("call final", extra={"call_id": state.call_id, "revision": state.revision, "reason": reason,
+                                      "status": envelope.get("status")})
         for hook in self.on_final:
-            hook(state, envelope)
+            try:
+                hook(state, envelope)
+            except Exception:  # an output's bug must not stop finalization (waiters, other hooks)
+                log.exception("on_final hook failed", extra={"call_id": state.call_id})
         for fut in self._waiters.pop(state.call_id, []):
             if not fut.done():
                 fut.set_result(None)
@@ -276,19 +366,60 @@ class RollupProcessor:
     def _write(self, state: CallState) -> dict[str, Any]:
         env = self.envelope(state)
         self.store.write_envelope(state.reldir, env)
+        self.metrics.envelope_writes.inc()
         state.dirty = False
         state.last_write = self.clock()
         return env
 
     def flush_envelopes(self, force: bool = False) -> None:
+        """Write the envelopes of changed calls, each at most every ENVELOPE_DEBOUNCE_S (a new call's first one
+        ENVELOPE_DEBOUNCE_S after it opened) and at most ENVELOPE_FLUSH_MAX a tick; `force` writes all now."""
         now = self.clock()
+        budget = ENVELOPE_FLUSH_MAX
         for state in self.calls.values():
             if state.dirty and (force or now - state.last_write >= ENVELOPE_DEBOUNCE_S):
+                if not force:
+                    if budget <= 0:
+                        return
+                    budget -= 1
                 try:
                     self._write(state)
                 except StoreError:
                     self.metrics.store_errors.labels("envelope").inc()
                     return
+
+    # -- the SDK's own call reports (receivers/sdk_ingest) ----------------------------------------
+    def record_sdk_report(self, report: dict[str, Any]) -> bool:
+        """Fold one sanitized SDK report (processors/sdk_report) into its call, opening the call if it is new
+        and reopening it if it was final. Durable first: the report is a line of the call's WAL (type
+        `sdk_report`) before it counts. False for a repeat of a kind the call already has; raises StoreError."""
+        cid = report["call_id"]
+        state = self._state(cid)
+        if state is not None and state.sdk is not None and report["kind"] in state.sdk.reports:
+            return False
+        entry: dict[str, Any] | None = None
+        if state is None:
+            reldir = relative_call_dir(cid, int(report_start(report) * 1e9))
+            entry = {"id": cid, "dir": reldir, "open": True, "revision": 1}
+        else:
+            reldir = state.reldir
+            if state.final:
+                entry = {"id": cid, "open": True, "revision": state.revision + 1}
+        if entry is not None:
+            self.store.append_index([entry])
+        self.store.append_wal(reldir, [sdk_wal_line(report)])
+        if entry is not None:
+            self.index.setdefault(cid, {"dir": None, "open": True, "revision": 1, "reason": None}).update(entry)
+        if state is None:
+            state = self.calls[cid] = CallState(cid, reldir)
+        elif state.final:
+            state.final = False
+            state.final_reason = None
+            state.revision += 1
+        self.calls.setdefault(cid, state)
+        apply_report(state, report, self.cfg.sdk_ingest.tolerance_usd)
+        self._touched.add(cid)  # its deadline may have moved (tick)
+        return True
 
     def _expire_pending(self, now: float) -> None:
         limit = self.cfg.rollup.pending_timeout
@@ -336,6 +467,9 @@ class RollupProcessor:
         state = CallState(call_id, entry["dir"], revision=int(entry.get("revision") or 1))
         for line in self.store.read_wal(entry["dir"]):
             data = line.get("data")
+            if line.get("type") == SDK_REPORT and isinstance(data, dict) and data.get("call_id") == call_id:
+                replay_report(state, data, self.cfg.sdk_ingest.tolerance_usd)
+                continue
             if line.get("type") != "span" or not isinstance(data, dict):
                 continue
             try:
@@ -346,7 +480,7 @@ class RollupProcessor:
             if rec.key not in state.seen:
                 state.add(rec, arrival)
                 self._learn_trace(rec.trace_id, call_id)
-        if not state.seen:
+        if not state.seen and state.sdk is None:
             return None
         if not entry.get("open", True):
             state.final = True
@@ -367,7 +501,10 @@ class RollupProcessor:
                     # a restart is not silence: give every open call a full idle window again
                     for g in state.groups.values():
                         g.last_arrival = max(g.last_arrival, now)
+                    if state.sdk is not None:
+                        state.sdk.last_arrival = max(state.sdk.last_arrival, now)
                     state.dirty = True
+                    self._touched.add(cid)
         self.store.compact_index(self.index)
         batch = TraceBatch(request=None)  # type: ignore[arg-type]
         for line in self.store.read_pending():

@@ -21,6 +21,8 @@ LLM_SPAN = "getpatter.llm"
 FIRST_TOKEN_EVENT = "patter.event.llm_first_token"
 MODEL_KEYS = ("patter.llm.model", "gen_ai.request.model")
 PATTER_SPAN_PREFIXES = ("getpatter.", "patter.")
+TEST_RUN_KEY = "test.run_id"  # resource attribute a test suite sets (OTEL_RESOURCE_ATTRIBUTES) to find its calls
+MAX_TEST_RUN_IDS = 16  # per group: a misbehaving client cannot grow a call without bound
 
 # usage attribute -> (component, provider attribute)
 USAGE_KEYS: dict[str, tuple[str, str]] = {
@@ -32,6 +34,12 @@ USAGE_KEYS: dict[str, tuple[str, str]] = {
 LLM_INPUT = "patter.cost.llm_input_tokens"
 LLM_OUTPUT = "patter.cost.llm_output_tokens"
 HANGUP_KEYS = ("patter.cost.telephony_minutes", "patter.cost.realtime_minutes")
+# call outcome (the SDK's telemetry taxonomy; no 0.7.0 span carries these, apps may set them)
+ERROR_LAYER_KEYS = ("patter.error.layer", "patter.error_layer")
+DISCONNECT_KEYS = ("patter.disconnect_reason", "patter.call.disconnect_reason")
+# the layer of an error span that does not name one
+STAGE_LAYERS = {"getpatter.stt": "stt", "getpatter.endpoint": "stt", "getpatter.llm": "llm",
+                "getpatter.tool": "llm", "getpatter.tts": "tts"}
 
 
 def dec(v: Any) -> Decimal:
@@ -69,6 +77,74 @@ def _is_framework_span(rec: SpanRecord) -> bool:
     return not rec.name.startswith(PATTER_SPAN_PREFIXES)
 
 
+# every span attribute `GroupAgg.add` reads (name-specific rules aside): a span with none of them skips the rules
+_WATCHED = frozenset({"otel_patter.redacted_count", *ERROR_LAYER_KEYS, *DISCONNECT_KEYS, "patter.turn.idx",
+                      "patter.latency.ttfb_ms", "patter.latency.turn_ms", "patter.direction", *USAGE_KEYS,
+                      LLM_INPUT, LLM_OUTPUT, *HANGUP_KEYS})
+_NONE: frozenset[str] = frozenset()
+
+
+class SeenKeys:
+    """The (trace id, span id) keys a call has counted, compactly (a set of key tuples costs ~250 bytes a span):
+    24 bytes a key in one buffer, searched at key boundaries; a set of 24-byte keys once the call is large.
+    Keys that are not hex (never from a valid span) are kept as they are. `in`, `add` and `len` as a set."""
+
+    __slots__ = ("_big", "_buf", "_odd")
+    SET_AFTER = 256  # keys; a linear search of 6 KB is still faster than hashing
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._big: set[bytes] | None = None
+        self._odd: set[tuple[str, str]] | None = None
+
+    @staticmethod
+    def _pack(key: tuple[str, str]) -> bytes | None:
+        trace_id, span_id = key
+        if len(trace_id) != 32 or len(span_id) != 16:
+            return None
+        try:
+            return bytes.fromhex(trace_id + span_id)
+        except ValueError:
+            return None
+
+    def _has(self, b: bytes) -> bool:
+        if self._big is not None:
+            return b in self._big
+        buf = self._buf
+        i = buf.find(b)
+        while i != -1 and i % 24:
+            i = buf.find(b, i + 1)
+        return i != -1
+
+    def __contains__(self, key: object) -> bool:
+        b = self._pack(key)  # type: ignore[arg-type]
+        if b is None:
+            return self._odd is not None and key in self._odd
+        return self._has(b)
+
+    def add(self, key: tuple[str, str]) -> None:
+        b = self._pack(key)
+        if b is None:
+            if self._odd is None:
+                self._odd = set()
+            self._odd.add(key)
+        elif not self._has(b):
+            self._add_new(b)
+
+    def _add_new(self, b: bytes) -> None:
+        if self._big is not None:
+            self._big.add(b)
+            return
+        self._buf += b
+        if len(self._buf) > 24 * self.SET_AFTER:
+            self._big = {bytes(self._buf[i:i + 24]) for i in range(0, len(self._buf), 24)}
+            self._buf = bytearray()
+
+    def __len__(self) -> int:
+        n = len(self._big) if self._big is not None else len(self._buf) // 24
+        return n + (len(self._odd) if self._odd else 0)
+
+
 @dataclass(slots=True)
 class GroupAgg:
     """What the spans of one (instance, side) group of a call add up to."""
@@ -78,6 +154,7 @@ class GroupAgg:
     outer_llm: int = 0
     iter0_llm: int = 0
     ttfb_ms: list[float] = field(default_factory=list)
+    ttfb_turns: list[tuple[int, float]] = field(default_factory=list)  # (span start ns, ttfb ms): per-turn order
     turn_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
     barge_ins: int = 0
@@ -99,14 +176,35 @@ class GroupAgg:
     provider_mode: str | None = None
     last_arrival: float = 0.0
     signal_at: float | None = None  # first hang-up / root-end arrival time
+    test_run_ids: set[str] = field(default_factory=set)
+    resource: dict[str, Any] = field(default_factory=dict)  # the group's first resource (tenant label)
+    error_layers: dict[str, int] = field(default_factory=dict)  # error spans by layer (raw; labels allowlist)
+    error_layer: str | None = None  # the layer a span named explicitly (`patter.error.layer`)
+    disconnect_reason: str | None = None  # raw `patter.disconnect_reason`, when a span says it
 
     def add(self, rec: SpanRecord, arrival: float) -> None:
         a = rec.attrs
+        # the watched keys this span has (most spans have none or one): every attribute rule below is gated on it
+        present = _WATCHED.intersection(a) if a else _NONE
         self.spans += 1
         self.last_arrival = max(self.last_arrival, arrival)
-        self.redactions += int(a.get("otel_patter.redacted_count") or 0)
+        if "otel_patter.redacted_count" in present:
+            self.redactions += int(a["otel_patter.redacted_count"] or 0)
+        if not self.resource:
+            self.resource = rec.resource
+        explicit_layer = None
+        if not present.isdisjoint(ERROR_LAYER_KEYS):
+            explicit_layer = next((a[k] for k in ERROR_LAYER_KEYS if isinstance(a.get(k), str) and a[k]), None)
+            if explicit_layer is not None:
+                self.error_layer = self.error_layer or explicit_layer
         if rec.status_code == STATUS_ERROR:
             self.errors += 1
+            layer = explicit_layer or STAGE_LAYERS.get(rec.name, "other")
+            self.error_layers[layer] = self.error_layers.get(layer, 0) + 1
+        if not present.isdisjoint(DISCONNECT_KEYS):
+            reason = next((a[k] for k in DISCONNECT_KEYS if isinstance(a.get(k), str) and a[k]), None)
+            if reason is not None:
+                self.disconnect_reason = reason
         name = rec.name
         if name == LLM_SPAN:
             iteration = a.get("patter.llm.iteration", a.get("getpatter.llm.iteration"))
@@ -132,32 +230,40 @@ class GroupAgg:
             self.provider_mode = a.get("getpatter.call.provider_mode") or self.provider_mode
             if rec.status_code == STATUS_ERROR:
                 self.root_error = "error"
-        idx = a.get("patter.turn.idx")
-        if isinstance(idx, int):
-            self.turn_idx.add(idx)
+        if "patter.turn.idx" in present:
+            idx = a["patter.turn.idx"]
+            if isinstance(idx, int):
+                self.turn_idx.add(idx)
         for ev in rec.events:
             idx = ev["attrs"].get("patter.turn.idx")
             if isinstance(idx, int):
                 self.turn_idx.add(idx)
-        if "patter.latency.ttfb_ms" in a:
+        if "patter.latency.ttfb_ms" in present:
             self.ttfb_ms.append(float(a["patter.latency.ttfb_ms"]))
-        if "patter.latency.turn_ms" in a:
+            self.ttfb_turns.append((rec.start_ns, self.ttfb_ms[-1]))
+        run_id = rec.resource.get(TEST_RUN_KEY)
+        if isinstance(run_id, str) and run_id and len(self.test_run_ids) < MAX_TEST_RUN_IDS:
+            self.test_run_ids.add(run_id)
+        if not present:
+            return
+        if "patter.latency.turn_ms" in present:
             self.turn_ms.append(float(a["patter.latency.turn_ms"]))
-        if isinstance(a.get("patter.direction"), str):
+        if "patter.direction" in present and isinstance(a["patter.direction"], str):
             self.direction = a["patter.direction"]
         has_cost = False
-        for key, (component, provider_key) in USAGE_KEYS.items():
-            if key in a:
-                has_cost = True
-                provider = str(a.get(provider_key) or "unknown")
-                bucket: dict[str, Decimal] = getattr(self, component)
-                bucket[provider] = bucket.get(provider, Decimal(0)) + dec(a[key])
-        if LLM_INPUT in a or LLM_OUTPUT in a:
+        if not present.isdisjoint(USAGE_KEYS):
+            for key, (component, provider_key) in USAGE_KEYS.items():
+                if key in a:
+                    has_cost = True
+                    provider = str(a.get(provider_key) or "unknown")
+                    bucket: dict[str, Decimal] = getattr(self, component)
+                    bucket[provider] = bucket.get(provider, Decimal(0)) + dec(a[key])
+        if LLM_INPUT in present or LLM_OUTPUT in present:
             has_cost = True
             line = self.llm.setdefault((str(a.get("patter.llm.provider") or "unknown"), span_model(rec)), [0, 0])
             line[0] += int(a.get(LLM_INPUT) or 0)
             line[1] += int(a.get(LLM_OUTPUT) or 0)
-        if any(k in a for k in HANGUP_KEYS):
+        if not present.isdisjoint(HANGUP_KEYS):
             self.hangup = True
             self.signal_at = self.signal_at or arrival
         if has_cost and _is_framework_span(rec):
@@ -170,7 +276,14 @@ class GroupAgg:
             setattr(self, f, getattr(self, f) + getattr(other, f))
         self.turn_idx |= other.turn_idx
         self.ttfb_ms += other.ttfb_ms
+        self.ttfb_turns += other.ttfb_turns
         self.turn_ms += other.turn_ms
+        self.test_run_ids |= other.test_run_ids
+        self.resource = self.resource or other.resource
+        for k, n in other.error_layers.items():
+            self.error_layers[k] = self.error_layers.get(k, 0) + n
+        self.error_layer = self.error_layer or other.error_layer
+        self.disconnect_reason = self.disconnect_reason or other.disconnect_reason
         self.ttft_ms += other.ttft_ms
         for comp in ("stt", "tts", "telephony", "realtime"):
             mine: dict[str, Decimal] = getattr(self, comp)
@@ -207,7 +320,7 @@ class CallState:
     call_id: str
     reldir: str
     groups: dict[tuple[str, str | None], GroupAgg] = field(default_factory=dict)
-    seen: set[tuple[str, str]] = field(default_factory=set)
+    seen: SeenKeys = field(default_factory=SeenKeys)  # (trace id, span id) keys counted, as a set of tuples
     trace_id: str | None = None
     start_ns: int = 0
     end_ns: int = 0
@@ -219,11 +332,20 @@ class CallState:
     dirty: bool = True
     final_at: float | None = None  # wall time the call last became final
     last_write: float = 0.0  # wall time of the last envelope write
+    sdk: Any = None  # processors.sdk_report.SdkReports: the SDK's own call reports (sdk_ingest), if any
 
     def add(self, rec: SpanRecord, arrival: float) -> None:
-        if rec.key in self.seen:
-            return
-        self.seen.add(rec.key)
+        key = (rec.trace_id, rec.span_id)
+        b = SeenKeys._pack(key)
+        seen = self.seen
+        if b is not None:  # the common case, packed once
+            if seen._has(b):
+                return
+            seen._add_new(b)
+        else:
+            if key in seen:
+                return
+            seen.add(key)
         if self.trace_id is None:
             self.trace_id = rec.trace_id
         if rec.start_ns and (not self.start_ns or rec.start_ns < self.start_ns):

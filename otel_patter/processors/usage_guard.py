@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from otel_patter.component import TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
+from otel_patter.spans import SpanRecord
 
 LIMITS: dict[str, float] = {
     "patter.cost.telephony_minutes": 1440,
@@ -54,6 +55,10 @@ class UsageGuard:
         return None
 
     def consume(self, batch: TraceBatch) -> None:
+        """Drop invalid spans from `batch.request` (and from `batch.records` when it was flattened first)."""
+        if batch.records:
+            self._consume_records(batch)
+            return
         for rs in batch.request.resource_spans:
             for ss in rs.scope_spans:
                 spans = ss.spans
@@ -63,6 +68,39 @@ class UsageGuard:
                         del spans[i]
                         self.metrics.spans_rejected.labels("invalid_span").inc()
                         batch.reject(1, f"invalid span: {problem}")
+
+    def _consume_records(self, batch: TraceBatch) -> None:
+        """The same decisions read from the flat records (no second pass over the protobuf attributes);
+        a record whose verdict the flat view cannot settle exactly is judged on its protobuf span."""
+        verdicts: dict[int, str] = {}
+        exact: list[int] = []
+        for i, rec in enumerate(batch.records):
+            problem = _check_record(rec)
+            if problem is _EXACT:
+                exact.append(i)
+            elif problem is not None:
+                verdicts[i] = problem  # type: ignore[assignment]
+        if not verdicts and not exact:
+            return
+        i = 0
+        for rs in batch.request.resource_spans:
+            for ss in rs.scope_spans:
+                spans = ss.spans
+                first = i
+                i += len(spans)
+                for j in exact:
+                    if first <= j < i:
+                        problem = self._check(spans[j - first])
+                        if problem is not None:
+                            verdicts[j] = problem
+                for k in range(len(spans) - 1, -1, -1):  # the order the protobuf pass reports in
+                    problem = verdicts.get(first + k)
+                    if problem is not None:
+                        del spans[k]
+                        self.metrics.spans_rejected.labels("invalid_span").inc()
+                        batch.reject(1, f"invalid span: {problem}")
+        if verdicts:
+            batch.records = [r for n, r in enumerate(batch.records) if n not in verdicts]
 
     @staticmethod
     def _check(span: Span) -> str | None:
@@ -78,3 +116,25 @@ class UsageGuard:
                 if problem is not None:
                     return f"{key} {problem}"
         return None
+
+
+_EXACT = object()  # the flat record cannot tell: judge the protobuf span
+_NON_FINITE = frozenset({"nan", "inf", "-inf"})  # how a flat record spells a NaN or infinite double
+
+
+def _check_record(rec: SpanRecord) -> str | object | None:
+    """`UsageGuard._check` on a flat record: ids are hex there, values plain. Strings that may stand for a
+    non-finite double, and attributes with repeated keys (a flat dict keeps only the last), go to `_EXACT`."""
+    if len(rec.trace_id) != 32 or len(rec.span_id) != 16 or len(rec.parent_span_id) not in (0, 16):
+        return "trace id must be 16 bytes and span ids 8"
+    attrs = rec.attrs
+    if type(attrs) is not dict:  # DuplicateKeys: the protobuf span has more than the dict shows
+        return _EXACT
+    for key, value in attrs.items():
+        if key.startswith(_PREFIXES):
+            if type(value) is str and value in _NON_FINITE:
+                return _EXACT
+            problem = usage_problem(key, value)
+            if problem is not None:
+                return f"{key} {problem}"
+    return None

@@ -1,11 +1,20 @@
-"""OTLP/HTTP receiver (:4318): POST /v1/traces, /v1/metrics, /v1/logs; protobuf or JSON; gzip."""
+"""OTLP/HTTP receiver (:4318): POST /v1/traces, /v1/metrics, /v1/logs; protobuf or JSON; gzip.
+
+Before a body is read: the bearer token (401), the content type (415), the declared size (413) and
+the memory limit (503 + Retry-After) are checked. The body is read in chunks against the size limit,
+the memory limit and a deadline (`receivers.otlp.read_timeout`): a client that sends its body byte by
+byte, or stops, gets 408 and its connection is closed; so is one that never finishes its request head
+(aiohttp's keep-alive timer, set to the same timeout). TLS (and mTLS) by config.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
@@ -20,17 +29,22 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from otel_patter.config import Endpoint
+from otel_patter.memlimit import Hold, MemoryLimiter
 from otel_patter.receivers.decode import (
     JSON,
     PROTOBUF,
+    InvalidArgument,
     Refusal,
     TooLarge,
+    Unauthenticated,
     UnsupportedMediaType,
     decompress,
     encode_response,
     parse,
     partial_success_response,
 )
+from otel_patter.receivers.security import listener_auth, server_ssl_context
 
 log = logging.getLogger("otel_patter.receivers.http")
 
@@ -44,18 +58,31 @@ def _error(r: Refusal, content_type: str) -> web.Response:
     headers = {}
     if r.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(r.retry_after)))
+    if isinstance(r, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="otel-patter"'
     return web.Response(status=r.http_status, body=encode_response(status, ct), content_type=ct, headers=headers)
 
 
+class _BodyTimeout(Exception):
+    """The body did not arrive within read_timeout."""
+
+
 class OtlpHttpReceiver:
-    def __init__(self, endpoint: str, pipeline: Any, max_request_bytes: int) -> None:
+    def __init__(self, endpoint: str, pipeline: Any, max_request_bytes: int, *, listener: Endpoint | None = None,
+                 read_timeout: float = 30.0) -> None:
         self.host, _, port = endpoint.rpartition(":")
         self.host = self.host.strip("[]") or "localhost"
         self.requested_port = int(port)
         self.pipeline = pipeline
         self.max_request_bytes = max_request_bytes
+        self.read_timeout = read_timeout
+        self.auth = listener_auth(listener)
+        self.tls = listener.tls if listener is not None else None
+        memory = getattr(pipeline, "memory", None)
+        self.memory: MemoryLimiter = memory if isinstance(memory, MemoryLimiter) else MemoryLimiter(None)
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.in_flight = 0  # requests being handled (their body may still be arriving)
 
     def app(self) -> web.Application:
         # compressed bodies are bounded by the same limit; decompression is bounded separately
@@ -67,42 +94,113 @@ class OtlpHttpReceiver:
              "metrics"),
             ("/v1/logs", ExportLogsServiceRequest, ExportLogsServiceResponse, p.consume_logs, "logs"),
         ):
-            app.router.add_post(path, self._handler(req_t, resp_t, consume, signal))
+            app.router.add_post(path, self._counted(self._handler(req_t, resp_t, consume, signal)))
         return app
+
+    def _counted(self, handler: Any) -> Any:
+        async def counted(request: web.Request) -> web.StreamResponse:
+            self.in_flight += 1
+            try:
+                return await handler(request)
+            finally:
+                self.in_flight -= 1
+
+        return counted
 
     def _handler(self, req_t: Any, resp_t: Any, consume: Any, signal: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
             ct = _content_type(request)
             try:
+                self.auth.check(request.headers.get("Authorization"))
                 if ct not in (PROTOBUF, JSON):
                     raise UnsupportedMediaType(
                         f"unsupported Content-Type {ct!r}: use application/x-protobuf or application/json")
-                try:
-                    raw = await request.read()
-                except web.HTTPRequestEntityTooLarge as e:
-                    raise TooLarge(f"request body is over the {self.max_request_bytes} byte limit") from e
-                body = decompress(raw, request.headers.get("Content-Encoding"), self.max_request_bytes)
-                msg = parse(body, ct, req_t)
-                transport = "http/protobuf" if ct == PROTOBUF else "http/json"
-                result = consume(msg, transport)
+                with self.memory.hold(signal) as hold:
+                    raw = await self._read_body(request, hold)
+                    body = decompress(raw, request.headers.get("Content-Encoding"), self.max_request_bytes)
+                    hold.add(len(body) - len(raw))  # what inflating added
+                    msg = parse(body, ct, req_t)
+                    del raw, body
+                    transport = "http/protobuf" if ct == PROTOBUF else "http/json"
+                    result = consume(msg, transport)
             except Refusal as r:
                 return _error(r, ct)
+            except _BodyTimeout:
+                return await self._timed_out(request)
             return web.Response(body=encode_response(partial_success_response(resp_t, signal, result), ct),
                                 content_type=ct)
 
         return handle
 
+    async def _read_body(self, request: web.Request, hold: Hold) -> bytes:
+        """The whole body, within the size limit, the memory limit and read_timeout."""
+        declared = request.content_length
+        if declared is not None and declared > self.max_request_bytes:
+            raise TooLarge(f"request body of {declared} bytes is over the {self.max_request_bytes} byte limit")
+        if declared:
+            hold.add(declared)  # refuse a flood before reading it
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while chunk := await request.content.readany():
+                    size += len(chunk)
+                    if size > self.max_request_bytes:
+                        raise TooLarge(f"request body is over the {self.max_request_bytes} byte limit")
+                    if declared is None:
+                        hold.add(len(chunk))
+                    chunks.append(chunk)
+        except TimeoutError as e:
+            raise _BodyTimeout from e
+        except (ClientError, HttpProcessingError, ConnectionError) as e:  # the client went away mid-body
+            raise InvalidArgument(f"incomplete request body: {type(e).__name__}") from e
+        return b"".join(chunks)
+
+    async def _timed_out(self, request: web.Request) -> web.Response:
+        """408, then close the connection at once (no lingering read of the rest of a slow body)."""
+        resp = web.Response(status=408, text=f"request body not received within {self.read_timeout:g}s\n")
+        resp.force_close()
+        try:
+            await resp.prepare(request)
+            await resp.write_eof()
+        except (ConnectionError, ClientError):
+            pass
+        protocol = request.protocol
+        if protocol is not None:
+            protocol.force_close()
+        return resp
+
     async def start(self) -> None:
-        # we inflate ourselves (decode.decompress) so the decompressed size limit holds
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False)
+        # we inflate ourselves (decode.decompress) so the decompressed size limit holds; keepalive_timeout
+        # also bounds how long a new connection may take to send its request head (aiohttp starts that timer
+        # when the connection is made and closes the connection if no complete request arrived by then)
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False,
+                                    keepalive_timeout=self.read_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True,
+                           ssl_context=server_ssl_context(self.tls))
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
-        log.info("OTLP/HTTP listening on %s:%s", self.host, self.port)
+        log.info("OTLP/HTTP listening on %s:%s%s%s", self.host, self.port, " (TLS)" if self.tls else "",
+                 " (bearer token)" if self.auth.enabled else "")
 
-    async def shutdown(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+    async def shutdown(self, grace: float = 60.0) -> None:
+        """Close the listener, then let requests in flight finish for up to `grace` seconds (then cancel them:
+        a cancelled request was never acked, so its client retries).
+
+        The listening socket closes first and open connections stay up until no request is in flight:
+        aiohttp's cleanup() stops reading from every connection at once, which would starve a request whose
+        body is still arriving."""
+        if self.runner is None:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + grace
+        for site in list(self.runner.sites):
+            await site.stop()
+        while self.in_flight and loop.time() < until:
+            await asyncio.sleep(0.02)
+        # aiohttp reads it in cleanup(); 0 would mean "no timeout" there, so keep it positive
+        self.runner._shutdown_timeout = max(0.05, until - loop.time())
+        await self.runner.cleanup()

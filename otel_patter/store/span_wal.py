@@ -24,12 +24,14 @@ class SpanWal:
 
     def consume(self, batch: TraceBatch) -> None:
         plan = batch.plan
-        line = EnvelopeStore.wal_line
+        lines = EnvelopeStore.wal_lines
         try:
             self.store.append_index(plan.index)
-            for cid, recs in plan.by_call.items():
-                self.store.append_wal(plan.reldirs[cid], [line(r.to_json(), r.side, batch.arrival) for r in recs])
-            self.store.append_pending([line(r.to_json(), None, batch.arrival) for r in plan.pending])
+            for cid, recs in plan.by_call.items():  # one append per call per request
+                self.store.append_wal_bytes(plan.reldirs[cid], lines([(r.to_json(), r.side) for r in recs],
+                                                                     batch.arrival))
+            if plan.pending:
+                self.store.append_pending_bytes(lines([(r.to_json(), None) for r in plan.pending], batch.arrival))
         except StoreError:
             self.metrics.store_errors.labels("wal").inc()
             raise

@@ -686,3 +686,59 @@ id_like = st.one_of(
 @given(st.lists(id_like, max_size=8).map(" ".join))
 def test_ids_timestamps_and_durations_are_unchanged(text: str) -> None:
     assert proc().scrub_text(text) == text
+
+
+# -- leaks the end-to-end privacy corpus found (tests/privacy) ----------------------------------------
+ACCOUNT = "AC0123456789abcdef0123456789abcdef"
+E2E_LEAKS = [
+    # Brazilian mobiles in their national format, which has no trunk prefix
+    ("SMS sent to (11) 91234-5678", "SMS sent to ***5678"),
+    ("ligue 11 91234-5678", "ligue ***5678"),
+    # thin and narrow no-break spaces (French typography) and tabs, which phonenumbers rejects
+    ("caller +33\u202f6\u202f12\u202f34\u202f56\u202f78", "caller ***5678"),
+    ("+49\u200930\u200990182000 busy", "***2000 busy"),
+    ("tab\t+44\t20\t7946\t0958", "tab\t***0958"),
+    # form encoding: `+` is a space
+    ("phone=%2B44+20+7946+0958&x=1", "phone=***0958&x=1"),
+    ("phone=020+7946+0958", "phone=***0958"),
+    ("phone=%28415%29+555-0123", "phone=***0123"),
+    ("card=4111+1111+1111+1111", "card=<card>"),
+    ("From=%2B15551234567+%2B15557654321", "From=***4567+***4321"),
+    # UTF-8 percent escapes and JSON \u escapes between the digits
+    ("phone=%2B39%C2%A006%C2%A01234%C2%A05678", "phone=***5678"),
+    ('{"phone": "+91\\u00a098765\\u00a043210"}', '{"phone": "***3210"}'),
+    # URL credentials whose user is an AccountSid (an id) still go
+    (f"https://{ACCOUNT}:0123456789abcdef0123456789abcdef@api.twilio.com/2010-04-01/Accounts/{ACCOUNT}/Calls.json",
+     f"https://<token>@api.twilio.com/2010-04-01/Accounts/{ACCOUNT}/Calls.json"),
+    # what the caller said or wrote, in Twilio's webhook query strings
+    (f"SpeechResult=my+name+is+jane&CallSid={CALL}", f"SpeechResult=<content>&CallSid={CALL}"),
+    ("https://agent.example.com/sms?From=%2B15551234567&Body=call+me+back&MessageSid=SM0123456789abcdef0123456789abcdef",
+     "https://agent.example.com/sms?From=***4567&Body=<content>&MessageSid=SM0123456789abcdef0123456789abcdef"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), E2E_LEAKS, ids=[t for t, _ in E2E_LEAKS])
+def test_leaks_found_end_to_end_are_scrubbed(text: str, expected: str) -> None:
+    p = proc()
+    assert p.scrub_text(text) == expected
+    assert p.scrub_text(expected) == expected
+
+
+@pytest.mark.parametrize("text", ["version 1.2.3+20261123", "sum 1234567+1", "text book", "context=1&textual=2",
+                                  "see https://example.com/a+b/1234567"])
+def test_plus_and_content_names_alone_change_nothing(text: str) -> None:
+    p = proc()
+    assert p.scrub_text(text) == text
+    assert p.counts == Counter()
+
+
+def test_content_query_parameters_are_counted_as_content() -> None:
+    p = proc()
+    p.scrub_text(f"UnstableSpeechResult=hello&TranscriptionText=hi+there&CallSid={CALL}")
+    assert p.counts == Counter({"content": 2})
+
+
+def test_hash_only_gives_a_form_encoded_or_national_number_the_hash_of_its_e164() -> None:
+    p = proc(phone_mode="hash_only", hash_key=KEY_A)
+    assert p.scrub_text("phone=%2B44+20+7946+0958") == "phone=" + p.scrub_text("+442079460958")
+    assert p.scrub_text("(11) 91234-5678") == p.scrub_text("+5511912345678")
