@@ -206,6 +206,19 @@ _NANP = frozenset({"US", "CA"})
 _TRUNK = {r: getattr(phonenumbers.PhoneMetadata.metadata_for_region(r), "national_prefix", None)
           for r in PHONE_REGIONS}
 _E164 = phonenumbers.PhoneNumberFormat.E164
+_NATIONAL = phonenumbers.PhoneNumberFormat.NATIONAL
+
+
+def _writes_national_without_trunk(region: str) -> bool:
+    """Whether `region`'s national format leaves its trunk prefix out (BR: `(11) 91234-5678`, dialled 0 11 ...)."""
+    examples = (phonenumbers.example_number_for_type(region, t)
+                for t in (phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE))
+    return any(e is not None and not _NON_DIGIT.sub("", phonenumbers.format_number(e, _NATIONAL)).startswith("0")
+               for e in examples)
+
+
+_NO_TRUNK_NATIONAL = frozenset(r for r in PHONE_REGIONS
+                               if r not in _NANP and _TRUNK[r] == "0" and _writes_national_without_trunk(r))
 
 
 def _parse(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
@@ -261,14 +274,13 @@ def phone_e164(candidate: str) -> str | None:
         elif _TRUNK[region] != "0" or digits[0] == "0":
             if phonenumbers.is_valid_number(num):
                 return _e164(num)  # national formats other than NANP are written with their trunk prefix ...
-        elif phonenumbers.is_valid_number(num) and _national_groups(num) == groups:
+        elif region in _NO_TRUNK_NATIONAL and phonenumbers.is_valid_number(num) and _national_groups(num) == groups:
             return _e164(num)  # ... or grouped exactly as the region writes them without it: BR (11) 91234-5678
     return None
 
 
 def _national_groups(num: phonenumbers.PhoneNumber) -> list[str]:
-    return [g for g in _GROUP_SPLIT.split(phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.NATIONAL))
-            if g]
+    return [g for g in _GROUP_SPLIT.split(phonenumbers.format_number(num, _NATIONAL)) if g]
 
 
 def _luhn(digits: str) -> bool:
@@ -631,6 +643,82 @@ class PiiProcessor:
                         n += self._scrub_attrs(link.attributes)
                     if n:
                         _add_redacted_count(span.attributes, n)
+
+    def consume_flat(self, batch: TraceBatch) -> bool:
+        """`consume(batch)` for a batch whose `records` were just flattened from its request (pipeline).
+
+        The fast path: when the records show that nothing would be dropped or scrubbed (every key kept and
+        already decided, every string clean or an id), the protobuf is not walked attribute by attribute
+        again. Anything the records cannot show for sure (scope attributes, links, repeated keys, maps and
+        arrays, a string the pre-check flags) runs `consume` as before. True when the request is unchanged,
+        so the records still describe it; False when `consume` changed it (read the records again)."""
+        if self._flat_clean(batch):
+            return True
+        before = self.counts.total()
+        self.consume(batch)
+        return self.counts.total() == before
+
+    def _flat_clean(self, batch: TraceBatch) -> bool:
+        spans = 0
+        for rs in batch.request.resource_spans:  # what records do not carry: scope attributes, links, empty ones
+            n = 0
+            for ss in rs.scope_spans:
+                if len(ss.scope.attributes):
+                    return False
+                for span in ss.spans:
+                    if len(span.links):
+                        return False
+                    n += 1
+            if not n:
+                return False  # a resource with no span has no record to show its attributes
+            spans += n
+        records = batch.records
+        if spans != len(records):
+            return False
+        keys, decide, clean, precheck = self._keys, self._decide, self._clean, self._precheck
+
+        def clean_str(v: str, d: int = _SCRUB) -> bool:
+            if not v or v in clean or (d == _IDKEY and _ID_VALUE.fullmatch(v)):
+                return True
+            if precheck.search(v) is not None:
+                return False  # maybe something to scrub: the full pass decides (and counts)
+            if len(v) <= _CLEAN_MAX_LEN:  # as _scrub_str caches it
+                if len(clean) >= _CLEAN_CACHE_MAX:
+                    clean.clear()
+                clean.add(v)
+            return True
+
+        def clean_attrs(attrs: dict[str, Any]) -> bool:
+            if type(attrs) is not dict:  # spans.DuplicateKeys: the protobuf has values the dict does not show
+                return False
+            for k, v in attrs.items():
+                d = keys.get(k)
+                if d is None:
+                    d = decide(k)
+                if d == _DROP:
+                    return False
+                if d == _RAW:
+                    continue
+                t = type(v)
+                if t is str:
+                    if not clean_str(v, d):
+                        return False
+                elif t is list or t is dict:
+                    return False
+            return True
+
+        resources: set[int] = set()
+        for rec in records:
+            if id(rec.resource) not in resources:
+                if not clean_attrs(rec.resource):
+                    return False
+                resources.add(id(rec.resource))
+            if not clean_attrs(rec.attrs) or not clean_str(rec.name) or not clean_str(rec.status_message):
+                return False
+            for ev in rec.events:
+                if not clean_str(ev["name"]) or not clean_attrs(ev["attrs"]):
+                    return False
+        return True
 
     def scrub_logs(self, req: ExportLogsServiceRequest) -> None:
         """Scrub logs in place: bodies are content and are cleared; attributes as for spans."""
