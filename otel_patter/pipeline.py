@@ -47,6 +47,7 @@ from otel_patter.store.span_wal import SpanWal
 
 log = logging.getLogger("otel_patter.pipeline")
 TICK_S = 0.25
+TICK_SLICE_S = 0.005  # the longest the ticker holds the event loop before letting requests in
 STORE_PROBE_S = 1.0  # while the store fails, how often the ticker checks whether the disk takes writes again
 
 
@@ -128,7 +129,12 @@ class Pipeline:
                 if self.store.error is not None and time.monotonic() - self._last_probe >= STORE_PROBE_S:
                     self._last_probe = time.monotonic()
                     self.store.probe()  # readiness comes back when the disk does, even with no client sending
-                self.rollup.tick()
+                budget = TICK_SLICE_S
+                while not self.rollup.tick(budget_s=budget):  # a burst of calls ending: slices, with requests
+                    yielded = time.perf_counter()  # in between, so finalizing never holds an ack for long,
+                    await asyncio.sleep(0)
+                    # and then as long as those requests took: calls are finalized as fast as they are opened
+                    budget = max(TICK_SLICE_S, min(0.1, time.perf_counter() - yielded))
                 now = time.time()
                 if now - self._last_sweep > 3600:
                     self._last_sweep = now
@@ -155,9 +161,7 @@ class Pipeline:
         # both); PII scrubs the protobuf; only when it changed something are the records read again
         batch.records = list(flatten(batch.request))
         self.guard.consume(batch)
-        redactions = self.pii.counts.total()
-        self.pii.consume(batch)
-        if self.pii.counts.total() != redactions:
+        if not self.pii.consume_flat(batch):
             batch.records = list(flatten(batch.request))
             self._sync_redaction_metrics()
         self.rollup.assign(batch)

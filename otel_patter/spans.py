@@ -102,21 +102,11 @@ class SpanRecord:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SpanRecord:
         status = d.get("status") or {}
-        return cls(
-            trace_id=d["trace_id"],
-            span_id=d["span_id"],
-            parent_span_id=d.get("parent_span_id", ""),
-            name=d.get("name", ""),
-            kind=int(d.get("kind", 0)),
-            start_ns=int(d.get("start_ns", 0)),
-            end_ns=int(d.get("end_ns", 0)),
-            status_code=int(status.get("code", 0)),
-            status_message=status.get("message", ""),
-            attrs=d.get("attributes") or {},
-            events=d.get("events") or [],
-            resource=d.get("resource") or {},
-            scope=d.get("scope", ""),
-        )
+        get = d.get
+        return cls(d["trace_id"], d["span_id"], get("parent_span_id", ""), get("name", ""), int(get("kind", 0)),
+                   int(get("start_ns", 0)), int(get("end_ns", 0)), int(status.get("code", 0)),
+                   status.get("message", ""), get("attributes") or {}, get("events") or [], get("resource") or {},
+                   get("scope", ""))
 
 
 _RESOURCE_CACHE_MAX = 1024

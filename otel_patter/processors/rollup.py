@@ -40,8 +40,7 @@ OWN_SERVICE = "otel-patter"
 TRACE_MAP_MAX = 200_000
 EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
-ENVELOPE_DEBOUNCE_S = 5.0  # an open call's envelope file is rewritten at most this often (the API is live)
-ENVELOPE_FLUSH_MAX = 200  # envelopes one tick writes at most (the rest next tick): a tick never stalls ingest
+ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 
 
 @dataclass(slots=True)
@@ -105,11 +104,13 @@ class RollupProcessor:
     def _learn_trace(self, trace_id: str, call_id: str) -> None:
         traces = self.trace_calls
         try:
-            if int(trace_id, 16) in traces:
-                return
+            key: int | None = int(trace_id, 16)
         except ValueError:
             return
-        key = self._trace_key(trace_id)
+        if key in traces:
+            return
+        if len(trace_id) != 32 or f"{key:032x}" != trace_id:  # only what flatten writes (see _trace_key)
+            key = None
         if key is not None:
             traces[key] = call_id
             if len(traces) > TRACE_MAP_MAX:  # forget the oldest sixteenth at once (a dict pops its first key slowly)
@@ -294,10 +295,14 @@ class RollupProcessor:
             best = max(best, d)
         return best
 
-    def tick(self) -> None:
+    def tick(self, budget_s: float | None = None) -> bool:
         """Finalize the calls whose deadline passed (looking only at those, and at calls touched since the last
-        tick), evict final calls after EVICT_AFTER_S, write debounced envelopes, expire pending spans."""
+        tick), evict final calls after EVICT_AFTER_S, write debounced envelopes, expire pending spans.
+
+        With `budget_s`, stop finalizing and writing once that much time went (the server's ticker then lets
+        requests in and calls again), so a burst of calls ending never stalls ingest; False when work is left."""
         now = self.clock()
+        stop_at = None if budget_s is None else time.perf_counter() + budget_s
         heap = self._deadlines
         for cid in self._touched:
             state = self.calls.get(cid)
@@ -315,8 +320,13 @@ class RollupProcessor:
                 due.add(cid)
             else:
                 heapq.heappush(heap, (deadline, cid))
+        done = True
         if due:  # in call order, as a scan of every call would have finalized them
             for cid, state in [(c, self.calls[c]) for c in (self.calls if len(due) > 1 else due) if c in due]:
+                if stop_at is not None and time.perf_counter() >= stop_at:
+                    heapq.heappush(heap, (now, cid))  # still due: the next slice
+                    done = False
+                    continue
                 deadline, reason = self._deadline(state)
                 self._finalize(state, reason, now)
                 if not state.final:  # the store failed: try again at the next tick
@@ -327,8 +337,10 @@ class RollupProcessor:
                 if state.final and state.final_at is not None and now - state.final_at > EVICT_AFTER_S \
                         and not state.dirty:
                     del self.calls[cid]
-        self.flush_envelopes()
+        if done:
+            done = self.flush_envelopes(stop_at=stop_at)
         self._expire_pending(now)
+        return done
 
     def _finalize(self, state: CallState, reason: str, now: float) -> None:
         state.final = True
@@ -371,22 +383,21 @@ class RollupProcessor:
         state.last_write = self.clock()
         return env
 
-    def flush_envelopes(self, force: bool = False) -> None:
+    def flush_envelopes(self, force: bool = False, stop_at: float | None = None) -> bool:
         """Write the envelopes of changed calls, each at most every ENVELOPE_DEBOUNCE_S (a new call's first one
-        ENVELOPE_DEBOUNCE_S after it opened) and at most ENVELOPE_FLUSH_MAX a tick; `force` writes all now."""
+        ENVELOPE_DEBOUNCE_S after it opened); `force` writes all now. False when `stop_at` (perf_counter) cut
+        it short."""
         now = self.clock()
-        budget = ENVELOPE_FLUSH_MAX
         for state in self.calls.values():
             if state.dirty and (force or now - state.last_write >= ENVELOPE_DEBOUNCE_S):
-                if not force:
-                    if budget <= 0:
-                        return
-                    budget -= 1
+                if stop_at is not None and time.perf_counter() >= stop_at:
+                    return False
                 try:
                     self._write(state)
                 except StoreError:
                     self.metrics.store_errors.labels("envelope").inc()
-                    return
+                    return True
+        return True
 
     # -- the SDK's own call reports (receivers/sdk_ingest) ----------------------------------------
     def record_sdk_report(self, report: dict[str, Any]) -> bool:
@@ -465,6 +476,8 @@ class RollupProcessor:
     # -- recovery -------------------------------------------------------------------------------
     def _load(self, call_id: str, entry: dict[str, Any]) -> CallState | None:
         state = CallState(call_id, entry["dir"], revision=int(entry.get("revision") or 1))
+        arrivals: dict[Any, float] = {}
+        learn = self._learn_trace
         for line in self.store.read_wal(entry["dir"]):
             data = line.get("data")
             if line.get("type") == SDK_REPORT and isinstance(data, dict) and data.get("call_id") == call_id:
@@ -474,12 +487,14 @@ class RollupProcessor:
                 continue
             try:
                 rec = SpanRecord.from_json(data)
-                arrival = parse_iso(line["ts"])
+                ts = line["ts"]
+                arrival = arrivals.get(ts)  # the lines of one request share their arrival time
+                if arrival is None:
+                    arrival = arrivals[ts] = parse_iso(ts)
             except (KeyError, TypeError, ValueError):
                 continue
-            if rec.key not in state.seen:
-                state.add(rec, arrival)
-                self._learn_trace(rec.trace_id, call_id)
+            if state.add(rec, arrival):  # a repeat (the client retried) adds nothing
+                learn(rec.trace_id, call_id)
         if not state.seen and state.sdk is None:
             return None
         if not entry.get("open", True):

@@ -82,6 +82,9 @@ _WATCHED = frozenset({"otel_patter.redacted_count", *ERROR_LAYER_KEYS, *DISCONNE
                       "patter.latency.ttfb_ms", "patter.latency.turn_ms", "patter.direction", *USAGE_KEYS,
                       LLM_INPUT, LLM_OUTPUT, *HANGUP_KEYS})
 _NONE: frozenset[str] = frozenset()
+# CallState.sides() of the last call asked: one module-wide slot, not a field, because the answer is merged
+# copies of the groups and keeping one per open call would double the memory of every open call
+_sides_memo: tuple[Any, int, int, dict[str, Any]] | None = None
 
 
 class SeenKeys:
@@ -271,9 +274,15 @@ class GroupAgg:
 
     def merge(self, other: GroupAgg) -> None:
         """Fold another group into this one (several instances on one side)."""
-        for f in ("spans", "outer_llm", "iter0_llm", "barge_ins", "tool_calls", "tts_spans", "errors", "redactions",
-                  "framework_cost_spans"):
-            setattr(self, f, getattr(self, f) + getattr(other, f))
+        self.spans += other.spans
+        self.outer_llm += other.outer_llm
+        self.iter0_llm += other.iter0_llm
+        self.barge_ins += other.barge_ins
+        self.tool_calls += other.tool_calls
+        self.tts_spans += other.tts_spans
+        self.errors += other.errors
+        self.redactions += other.redactions
+        self.framework_cost_spans += other.framework_cost_spans
         self.turn_idx |= other.turn_idx
         self.ttfb_ms += other.ttfb_ms
         self.ttfb_turns += other.ttfb_turns
@@ -334,17 +343,18 @@ class CallState:
     last_write: float = 0.0  # wall time of the last envelope write
     sdk: Any = None  # processors.sdk_report.SdkReports: the SDK's own call reports (sdk_ingest), if any
 
-    def add(self, rec: SpanRecord, arrival: float) -> None:
+    def add(self, rec: SpanRecord, arrival: float) -> bool:
+        """Count one span; False (and nothing changes) when the call already counted it."""
         key = (rec.trace_id, rec.span_id)
         b = SeenKeys._pack(key)
         seen = self.seen
         if b is not None:  # the common case, packed once
             if seen._has(b):
-                return
+                return False
             seen._add_new(b)
         else:
             if key in seen:
-                return
+                return False
             seen.add(key)
         if self.trace_id is None:
             self.trace_id = rec.trace_id
@@ -357,9 +367,22 @@ class CallState:
             group = self.groups[gkey] = GroupAgg()
         group.add(rec, arrival)
         self.dirty = True
+        return True
 
     def sides(self) -> dict[str, GroupAgg]:
-        """Resolve every group to a side and fold the groups of each side together."""
+        """Resolve every group to a side and fold the groups of each side together.
+
+        Read-only for callers: a finalization asks three times in a row (envelope, metrics, summary), so the
+        last answer is kept (one call's, until a span is added to it)."""
+        global _sides_memo
+        memo = _sides_memo
+        if memo is not None and memo[0] is self and memo[1] == len(self.seen) and memo[2] == len(self.groups):
+            return memo[3]
+        out = self._sides()
+        _sides_memo = (self, len(self.seen), len(self.groups), out)
+        return out
+
+    def _sides(self) -> dict[str, GroupAgg]:
         declared: dict[str, set[str]] = {}
         for instance, side in self.groups:
             if side is not None:

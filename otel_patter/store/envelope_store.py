@@ -277,7 +277,7 @@ class EnvelopeStore:
                     if not raw.endswith(b"\n"):
                         break
                     try:
-                        obj = json.loads(raw)
+                        obj = orjson.loads(raw)  # 4x json; JSONDecodeError is a ValueError
                     except ValueError:
                         continue
                     if isinstance(obj, dict):
