@@ -21,6 +21,16 @@ class Component(Protocol):
     async def shutdown(self) -> None: ...
 
 
+class Stage:
+    """A stage with nothing to start or stop (it only transforms batches in `consume`)."""
+
+    async def start(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        return None
+
+
 @dataclass(slots=True)
 class TraceBatch:
     """One OTLP export request on its way through the pipeline.

@@ -10,7 +10,7 @@ import urllib.request
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 T0 = 1_795_412_722_000_000_000  # 2026-11-23T05:45:22Z, the recorded call's day
@@ -23,6 +23,10 @@ def av(v: Any) -> AnyValue:
         return AnyValue(int_value=v)
     if isinstance(v, float):
         return AnyValue(double_value=v)
+    if isinstance(v, list):
+        return AnyValue(array_value=ArrayValue(values=[av(x) for x in v]))
+    if isinstance(v, dict):
+        return AnyValue(kvlist_value=KeyValueList(values=kvs(v)))
     return AnyValue(string_value=str(v))
 
 

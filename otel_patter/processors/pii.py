@@ -49,6 +49,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from otel_patter.component import Stage
 from otel_patter.config import PiiConfig
 
 if TYPE_CHECKING:
@@ -360,7 +361,7 @@ def _orig(i: int, dpos: list[int], opos: list[int]) -> int:
     return opos[k] + (i - dpos[k])
 
 
-class PiiProcessor:
+class PiiProcessor(Stage):
     """Scrubs traces (`consume`), logs and metrics in place; `scrub_text` for any other output."""
 
     def __init__(self, config: PiiConfig, hash_key: bytes | None = None) -> None:
@@ -379,12 +380,6 @@ class PiiProcessor:
         self._keys: dict[str, int] = {}
         self._clean: set[str] = set()  # recent short strings that needed no change (span names, providers)
         self.counts: Counter[str] = Counter()
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
 
     # -- keys --------------------------------------------------------------------------------------
     def key_allowed(self, key: str) -> bool:

@@ -13,7 +13,7 @@ import math
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from otel_patter.component import TraceBatch
+from otel_patter.component import Stage, TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.spans import SpanRecord
 
@@ -44,15 +44,9 @@ def usage_problem(key: str, value: object) -> str | None:
     return None
 
 
-class UsageGuard:
+class UsageGuard(Stage):
     def __init__(self, metrics: SelfMetrics) -> None:
         self.metrics = metrics
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
 
     def consume(self, batch: TraceBatch) -> None:
         """Drop invalid spans from `batch.request` (and from `batch.records` when it was flattened first)."""

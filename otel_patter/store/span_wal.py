@@ -6,21 +6,15 @@ the call's spans, so recovery always finds a WAL it can attribute.
 
 from __future__ import annotations
 
-from otel_patter.component import TraceBatch
+from otel_patter.component import Stage, TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError
 
 
-class SpanWal:
+class SpanWal(Stage):
     def __init__(self, store: EnvelopeStore, metrics: SelfMetrics) -> None:
         self.store = store
         self.metrics = metrics
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
 
     def consume(self, batch: TraceBatch) -> None:
         plan = batch.plan

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue, KeyValueList
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_patter.component import TraceBatch
 from otel_patter.config import PiiConfig
 from otel_patter.processors.pii import REDACTED_COUNT_KEY, PiiProcessor
 from otel_patter.spans import attrs_dict
-from tests.otlp import T0, recorded_call, request, span
+from tests.otlp import T0, av, recorded_call, request, span
 
 CALL = "CA0123456789abcdef0123456789abcdef"
 TRACE = bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
@@ -40,21 +40,6 @@ KEY_B = b"\x02" * 32
 
 
 # -- builders ---------------------------------------------------------------------------------------
-def av(v: Any) -> AnyValue:
-    if isinstance(v, bool):
-        return AnyValue(bool_value=v)
-    if isinstance(v, int):
-        return AnyValue(int_value=v)
-    if isinstance(v, float):
-        return AnyValue(double_value=v)
-    if isinstance(v, list):
-        return AnyValue(array_value=ArrayValue(values=[av(x) for x in v]))
-    if isinstance(v, dict):
-        kvs = [KeyValue(key=k, value=av(x)) for k, x in v.items()]
-        return AnyValue(kvlist_value=KeyValueList(values=kvs))
-    return AnyValue(string_value=v)
-
-
 def with_attrs(s: Span, attrs: dict[str, Any]) -> Span:
     s.attributes.extend(KeyValue(key=k, value=av(v)) for k, v in attrs.items())
     return s
