@@ -104,12 +104,70 @@ def _short_time(iso: Any) -> str:
     return f"{m.group(1)} {m.group(2)}" if m else str(iso or "—")
 
 
+RECONCILED = ("stt", "tts", "llm", "telephony", "total")
+
+
+def _sdk_cost(env: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The SDK's own call-end cost breakdown (sdk_ingest), when the call has one."""
+    rec = env.get("reconciliation")
+    sdk = rec.get("sdk") if isinstance(rec, Mapping) else None
+    return sdk if isinstance(sdk, Mapping) else None
+
+
+def _pct(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return "—"
+    return f"{v:+.2f}%"
+
+
+def reconciliation_html(env: Mapping[str, Any]) -> str:
+    """Both views of the call's USD: otel-patter's from spans beside the SDK's own call report, the
+    difference per component (USD, percent) and its named causes (codes of `warnings`)."""
+    rec = env.get("reconciliation")
+    if not isinstance(rec, Mapping):
+        return ""
+    reports = ", ".join(str(r) for r in rec.get("reports") or ()) or "none"
+    sdk = _sdk_cost(env)
+    diff = rec.get("difference") if isinstance(rec.get("difference"), Mapping) else {}
+    spans = rec.get("spans") if isinstance(rec.get("spans"), Mapping) else {}
+    if sdk is None:
+        return (f"<h2>Reconciliation: spans vs the SDK's own report</h2><p class=muted>SDK reports received: "
+                f"{esc(reports)}; its cost comes with its call_end report.</p>")
+    rows = []
+    for c in RECONCILED:
+        d = diff.get(c) if isinstance(diff.get(c), Mapping) else {}
+        causes = ", ".join(str(x) for x in d.get("causes") or ())
+        if not causes and d.get("unexplained"):
+            causes = '<span class="warn">unexplained</span>'
+        else:
+            causes = f"<code>{esc(causes)}</code>" if causes else ""
+        usd_diff = d.get("usd")
+        diff_cell = "—" if not isinstance(usd_diff, int | float) else f"{usd_diff:+.6f}"
+        rows.append(f'<tr data-component="{c}"><td>{c}</td><td class="num usd spans">{esc(usd(spans.get(c)))}</td>'
+                    f'<td class="num usd sdk">{esc(usd(sdk.get(c)))}</td><td class="num usd diff">{esc(diff_cell)}</td>'
+                    f'<td class="num pct">{esc(_pct(d.get("pct")))}</td><td class="causes">{causes}</td></tr>')
+    tolerance = rec.get("tolerance_usd")
+    verdict = ""
+    if rec.get("mismatch") is True:
+        verdict = (f'<p class="warn mismatch">The two differ by more than the tolerance '
+                   f"(sdk_ingest.tolerance_usd {esc(usd(tolerance))} USD).</p>")
+    elif rec.get("mismatch") is False:
+        verdict = f"<p class=muted>Within the tolerance of {esc(usd(tolerance))} USD.</p>"
+    return ("<h2>Reconciliation: spans vs the SDK's own report</h2>"
+            f"<p class=sub>SDK reports received: {esc(reports)}. Difference = spans - SDK.</p>"
+            '<table id="reconciliation"><thead><tr><th>component</th><th class=num>spans usd</th>'
+            "<th class=num>sdk usd</th><th class=num>difference</th><th class=num>pct</th><th>causes</th></tr>"
+            f"</thead><tbody>{''.join(rows)}</tbody></table>{verdict}")
+
+
 def render_index(calls: Iterable[Mapping[str, Any]], *, limit: int) -> str:
     """A row per call; USD columns for the components any shown call has (and always the total)."""
     calls = list(calls)
     shown = [c for c in COMPONENTS if any(_cost(env).get(c) for env in calls)] or ["stt", "tts", "llm", "telephony"]
+    with_sdk = any(_sdk_cost(env) is not None for env in calls)  # sdk_ingest: the SDK's own total beside ours
     rows = []
     sums = dict.fromkeys((*COMPONENTS, "total"), Decimal(0))
+    sdk_sum = Decimal(0)
     incomplete = 0
     for env in calls:
         cost = _cost(env)
@@ -122,23 +180,33 @@ def render_index(calls: Iterable[Mapping[str, Any]], *, limit: int) -> str:
         latency = env.get("latency") if isinstance(env.get("latency"), Mapping) else {}
         counts = env.get("counts") if isinstance(env.get("counts"), Mapping) else {}
         comp_cells = "".join(f'<td class="num usd {c}">{esc(usd(cost.get(c)))}</td>' for c in shown)
+        sdk_cell = ""
+        if with_sdk:
+            sdk_total = (_sdk_cost(env) or {}).get("total")
+            if isinstance(sdk_total, int | float) and not isinstance(sdk_total, bool):
+                sdk_sum += Decimal(str(sdk_total))
+            sdk_cell = f'<td class="num usd sdk-total">{esc(usd(sdk_total))}</td>'
         rows.append(
             f'<tr data-call-id="{esc(cid)}"><td class="id"><a href="{esc(call_href(cid))}">{esc(cid)}</a></td>'
             f'<td title="{esc(env.get("started_at"))}">{esc(_short_time(env.get("started_at")))}</td>'
             f"<td>{_status(env.get('status'))}</td>"
             f'<td class="num">{esc(seconds(env.get("duration_ms")))}</td>'
-            f'<td class="num">{esc(env.get("turns", 0))}</td>{comp_cells}{_total_cell(env)}'
+            f'<td class="num">{esc(env.get("turns", 0))}</td>{comp_cells}{_total_cell(env)}{sdk_cell}'
             f'<td class="num p95">{esc(ms(latency.get("p95_ms")))}</td>'
             f'<td class="num errors">{esc(counts.get("errors", 0))}</td></tr>')
     head = ("<tr><th rowspan=2>call</th><th rowspan=2>started (UTC)</th><th rowspan=2>status</th>"
             "<th rowspan=2 class=num>duration</th><th rowspan=2 class=num>turns</th>"
-            f'<th colspan={len(shown) + 1} class="group">USD</th>'
+            f'<th colspan={len(shown) + 1 + with_sdk} class="group">USD</th>'
             "<th rowspan=2 class=num>p95</th><th rowspan=2 class=num>errors</th></tr><tr>"
-            + "".join(f"<th class=num>{c}</th>" for c in shown) + "<th class=num>total</th></tr>")
+            + "".join(f"<th class=num>{c}</th>" for c in shown) + "<th class=num>total</th>"
+            + ('<th class=num title="the SDK\'s own call report (sdk_ingest)">sdk total</th>' if with_sdk else "")
+            + "</tr>")
     foot_cells = "".join(f'<td class="num usd {k}">{esc(usd(sums[k]))}</td>' for k in shown)
     total_sum = usd(sums["total"])
+    sdk_foot = f'<td class="num usd sum-sdk-total">{esc(usd(sdk_sum))}</td>' if with_sdk else ""
     foot = (f'<tr><td colspan="5">{len(calls)} call{"" if len(calls) == 1 else "s"}</td>{foot_cells}'
-            f'<td class="num usd sum-total" data-usd="{esc(total_sum)}">{esc(total_sum)}</td><td></td><td></td></tr>')
+            f'<td class="num usd sum-total" data-usd="{esc(total_sum)}">{esc(total_sum)}</td>{sdk_foot}'
+            "<td></td><td></td></tr>")
     note = (f'<p class="warn">* {incomplete} call(s) have usage without a rate: their cost is incomplete '
             "(see each call's unpriced lines).</p>") if incomplete else ""
     empty = "" if calls else '<p class="muted">No calls yet. Point OTEL_EXPORTER_OTLP_ENDPOINT here.</p>'
@@ -275,7 +343,8 @@ def render_call(env: Mapping[str, Any]) -> str:
             for w in warnings if isinstance(w, Mapping)) + "</ul>"
     body = (f'<p><a href="/">&larr; recent calls</a></p><h1>{esc(cid)}</h1>'
             f"<p class=sub>Figures of the uut side; USD rounded half-even to 6 places.</p>{dl}"
-            f"<h2>Cost (USD)</h2>{cost_table}<h2>Usage, priced</h2>{usage_table}{unpriced_html}"
+            f"<h2>Cost (USD)</h2>{cost_table}{reconciliation_html(env)}<h2>Usage, priced</h2>{usage_table}"
+            f"{unpriced_html}"
             f"<h2>Turn latency (time to first byte)</h2>{lat_dl}{chart}<h2>Sides</h2>{sides_table}{warn_html}")
     return _doc(f"otel-patter: {cid}", body, refresh=env.get("status") == "in_progress")
 

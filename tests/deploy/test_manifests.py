@@ -595,3 +595,17 @@ def test_k8s_sidecar_config_and_agent_endpoint(k8s_docs: list[tuple[str, dict[st
     text = (K8S_DIR / "sidecar.yaml").read_text()
     assert "VmRSS" in text and "measure" in text
     assert yaml.safe_load(yaml.safe_dump(sidecar["resources"]))["requests"]["memory"] == "128Mi"
+
+
+def test_k8s_sidecar_takes_the_sdk_call_reports_and_the_agent_serves_elsewhere(
+        k8s_docs: list[tuple[str, dict[str, Any]]], tmp_path: Path) -> None:
+    docs = [d for f, d in k8s_docs if f == "sidecar.yaml"]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    cfg = _load_cfg(cm["data"]["config.yaml"], tmp_path)
+    # getpatter 0.7.0 posts its call reports to 127.0.0.1:8000 only; the pod shares that loopback
+    assert cfg.sdk_ingest.endpoint == "127.0.0.1:8000"
+    (dep,) = [d for d in docs if d["kind"] == "Deployment"]
+    (agent,) = dep["spec"]["template"]["spec"]["containers"]
+    # Patter.serve() defaults to 8000 too: the agent is served on another port, or one of the two cannot bind
+    assert [p["containerPort"] for p in agent["ports"]] == [8080]
+    assert "Patter.serve(agent, port=8080)" in (K8S_DIR / "sidecar.yaml").read_text()
