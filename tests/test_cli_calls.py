@@ -24,7 +24,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     s = ServerProc(tmp_path_factory.mktemp("cli-calls"), {"rollup": {"idle_timeout": "60s"}}).start()
     try:
         send_call(s, CHEAP, [900.0], start=T0)
-        send_call(s, PRICEY_SLOW, [612.4, 845.0, 731.9, 1290.3], start=T0 + 60 * S)
+        send_call(s, PRICEY_SLOW, [612.4, 845.0, 731.9, 1290.3], start=T0 + 60 * S, run_id="nightly-42")
         send_call(s, LONG, [420.0, 473.0], minutes=1.5, start=T0 + 120 * S)
         for cid in (CHEAP, PRICEY_SLOW, LONG):
             s.wait_final(cid)
@@ -52,6 +52,20 @@ def test_top_ranks_the_calls_of_a_server(srv: ServerProc, by: str, expected: lis
 def test_top_limits_and_filters(srv: ServerProc) -> None:
     assert _top_ids("--url", srv.admin_url, "--by", "cost", "--status", "completed", "--limit", "2") == [
         LONG, PRICEY_SLOW]
+
+
+@pytest.mark.parametrize("source", ["url", "log-dir"])
+def test_list_finds_a_suites_call_by_its_test_run_id(srv: ServerProc, source: str) -> None:
+    where = ["--url", srv.admin_url] if source == "url" else ["--log-dir", str(srv.log_dir)]
+    r = cli("calls", "list", *where, "--test-run-id", "nightly-42", "--side", "uut", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [c["call_id"] for c in json.loads(r.stdout)] == [PRICEY_SLOW]
+
+
+def test_list_filters_by_minimum_cost(srv: ServerProc) -> None:
+    r = cli("calls", "list", "--url", srv.admin_url, "--min-cost-usd", "0.015", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [c["call_id"] for c in json.loads(r.stdout)] == [LONG]
 
 
 def test_top_prints_a_table(srv: ServerProc) -> None:
