@@ -98,7 +98,8 @@ def _calls(args: argparse.Namespace) -> int:
         if args.calls_cmd == "list":
             if url:
                 q = {k: v for k, v in (("status", args.status), ("since", args.since), ("side", args.side),
-                                       ("limit", str(args.limit))) if v}
+                                       ("test_run_id", args.test_run_id), ("min_cost_usd", args.min_cost_usd),
+                                       ("limit", str(args.limit))) if v is not None}
                 code, body = _http_json(f"{url.rstrip('/')}/api/v1/calls?{urllib.parse.urlencode(q)}", 30)
                 if code != 200:
                     print(f"error: {body.get('error', code)}", file=sys.stderr)
@@ -107,7 +108,8 @@ def _calls(args: argparse.Namespace) -> int:
             else:
                 since = parse_since(args.since) if args.since else None
                 calls = filter_calls(_disk_calls(args.log_dir, args.config), status=args.status, since=since,
-                                     side=args.side, limit=args.limit)
+                                     side=args.side, limit=args.limit, test_run_id=args.test_run_id,
+                                     min_cost_usd=args.min_cost_usd)
             if args.json:
                 print(json.dumps(calls, indent=2))
             else:
@@ -224,20 +226,24 @@ def _calls_check(args: argparse.Namespace, url: str | None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     usd, max_usd = result.usd(args.side), args.max_usd
-    if args.source != "spans":  # the SDK's own call report (sdk_ingest), or the larger of it and ours
+    source = "spans"  # which figure the budget was checked against
+    if args.source != "spans":  # the SDK's own call report (sdk_ingest), or the larger of it and ours (default)
         from decimal import Decimal
 
         from otel_patter.processors.reconcile import budget_usd
 
-        figure = budget_usd(result.envelope, args.source) if args.side == "uut" else None
-        if figure is None:
-            print(f"FAIL: call {result.call_id} has no SDK call report for --source {args.source} (the SDK reports "
+        sdk_usd = budget_usd(result.envelope, "sdk") if args.side == "uut" else None  # the SDK reports its uut side
+        if sdk_usd is None and args.source == "sdk":
+            print(f"FAIL: call {result.call_id} has no SDK call report for --source sdk (the SDK reports "
                   "its uut side; is sdk_ingest on?)")
             return EXIT_FAIL
-        if max_usd is not None and Decimal(str(figure)) > Decimal(str(max_usd)):
-            print(f"FAIL: cost ${figure:.6f} (--source {args.source}) is over the budget of ${max_usd:.6f}")
-            return EXIT_FAIL
-        usd, max_usd = figure, None  # checked here; assert_budget still checks final, unpriced and p95
+        if sdk_usd is not None and (args.source == "sdk" or Decimal(str(sdk_usd)) > Decimal(str(usd))):
+            source = "sdk"
+            if max_usd is not None and Decimal(str(sdk_usd)) > Decimal(str(max_usd)):
+                print(f"FAIL: cost ${sdk_usd:.6f} (the SDK's own call report, --source {args.source}) is over the "
+                      f"budget of ${max_usd:.6f} (otel-patter's from spans: ${usd:.6f})")
+                return EXIT_FAIL
+            usd, max_usd = sdk_usd, None  # checked here; assert_budget still checks final, unpriced and p95
     try:
         result.assert_budget(usd=max_usd, p95_ms=args.max_p95_ms, side=args.side,
                              allow_unpriced=args.allow_unpriced)
@@ -246,6 +252,7 @@ def _calls_check(args: argparse.Namespace, url: str | None) -> int:
         return EXIT_FAIL
     p95 = result.p95_ms(args.side)
     print(f"ok: call {result.call_id} ({args.side} side) costs ${usd:.6f}"
+          + (" (the SDK's own call report)" if source == "sdk" else "")
           + ("" if args.max_usd is None else f" (budget ${args.max_usd:.6f})")
           + ("" if p95 is None else f", p95 {num(p95)} ms")
           + ("" if args.max_p95_ms is None else f" (budget {num(args.max_p95_ms)} ms)"))
@@ -281,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--status", default=None)
             cp.add_argument("--since", default=None, help="e.g. 1h, 30m, or an ISO time")
             cp.add_argument("--side", default=None, choices=("uut", "driver"))
+            cp.add_argument("--test-run-id", default=None,
+                            help="calls whose resource attribute test.run_id is this (of --side when given)")
+            cp.add_argument("--min-cost-usd", type=_non_negative, default=None)
             cp.add_argument("--limit", type=int, default=100)
         elif name == "top":
             cp.add_argument("--by", choices=("cost", "p95", "duration"), default="cost")
@@ -298,16 +308,18 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--max-p95-ms", type=_non_negative, default=None,
                             help="budget of the side's p95 turn latency, in ms")
             cp.add_argument("--side", default="uut", choices=("uut", "driver"))
-            cp.add_argument("--source", default="spans", choices=("spans", "sdk", "max"),
+            cp.add_argument("--source", default="max", choices=("spans", "sdk", "max"),
                             help="the USD the budget is checked against: otel-patter's from spans, the SDK's own "
-                                 "call report (sdk_ingest), or the larger of the two")
+                                 "call report (sdk_ingest), or the larger of the two (default; spans alone when "
+                                 "the call has no SDK report)")
             cp.add_argument("--allow-unpriced", action="store_true",
                             help="pass even when some usage has no rate (cost_complete false)")
         cp.set_defaults(func=_calls)
 
-    from otel_patter import simulate
+    from otel_patter import bench, simulate
 
     simulate.add_parser(sub)
+    bench.add_parser(sub)
     return p
 
 

@@ -8,6 +8,7 @@ late-arriving cost span still moves earlier stage spans to the right side.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -148,29 +149,53 @@ class SeenKeys:
         return n + (len(self._odd) if self._odd else 0)
 
 
+# An open call keeps a group or two whose containers mostly stay empty for long or for good: they start as
+# these shared read-only empties and become the group's own list/set/dict on the first write (`_list`,
+# `_set`, `_dict`), so an open call costs what its spans added (issue 9: < 8 KiB an open call). Readers only
+# read (len, iteration, `in`, get/items/values work on both shapes).
+class _EmptyMap(dict):  # type: ignore[type-arg]
+    """An empty dict that refuses writes (a hashable dataclass default; json/orjson see a dict)."""
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return 0
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a shared empty: write through GroupAgg._dict")
+
+    __setitem__ = __delitem__ = __ior__ = setdefault = update = pop = popitem = clear = _read_only
+
+
+_NO_LIST: Any = ()
+_NO_SET: Any = frozenset()
+_NO_DICT: Any = _EmptyMap()
+
+
 @dataclass(slots=True)
 class GroupAgg:
-    """What the spans of one (instance, side) group of a call add up to."""
+    """What the spans of one (instance, side) group of a call add up to. Its containers are shared read-only
+    empties until their first write (`_NO_LIST`): write through `_list`/`_set`/`_dict`."""
 
     spans: int = 0
-    turn_idx: set[int] = field(default_factory=set)
+    turn_idx: set[int] = _NO_SET
     outer_llm: int = 0
     iter0_llm: int = 0
-    ttfb_ms: list[float] = field(default_factory=list)
-    ttfb_turns: list[tuple[int, float]] = field(default_factory=list)  # (span start ns, ttfb ms): per-turn order
-    turn_ms: list[float] = field(default_factory=list)
-    ttft_ms: list[float] = field(default_factory=list)
+    ttfb_ms: list[float] = _NO_LIST
+    ttfb_turns: list[tuple[int, float]] = _NO_LIST  # (span start ns, ttfb ms): per-turn order
+    turn_ms: list[float] = _NO_LIST
+    ttft_ms: list[float] = _NO_LIST
     barge_ins: int = 0
     tool_calls: int = 0
     tts_spans: int = 0
     errors: int = 0
     redactions: int = 0
-    stt: dict[str, Decimal] = field(default_factory=dict)
-    tts: dict[str, Decimal] = field(default_factory=dict)
-    telephony: dict[str, Decimal] = field(default_factory=dict)
-    realtime: dict[str, Decimal] = field(default_factory=dict)
+    stt: dict[str, Decimal] = _NO_DICT
+    tts: dict[str, Decimal] = _NO_DICT
+    telephony: dict[str, Decimal] = _NO_DICT
+    realtime: dict[str, Decimal] = _NO_DICT
     # (provider, model or None) -> [input, output]
-    llm: dict[tuple[str, str | None], list[int]] = field(default_factory=dict)
+    llm: dict[tuple[str, str | None], list[int]] = _NO_DICT
     framework_cost_spans: int = 0
     hangup: bool = False
     root_ended: bool = False
@@ -179,11 +204,32 @@ class GroupAgg:
     provider_mode: str | None = None
     last_arrival: float = 0.0
     signal_at: float | None = None  # first hang-up / root-end arrival time
-    test_run_ids: set[str] = field(default_factory=set)
-    resource: dict[str, Any] = field(default_factory=dict)  # the group's first resource (tenant label)
-    error_layers: dict[str, int] = field(default_factory=dict)  # error spans by layer (raw; labels allowlist)
+    test_run_ids: set[str] = _NO_SET
+    resource: dict[str, Any] = _NO_DICT  # the group's first resource (tenant label; shared, read-only)
+    error_layers: dict[str, int] = _NO_DICT  # error spans by layer (raw; labels allowlist)
     error_layer: str | None = None  # the layer a span named explicitly (`patter.error.layer`)
     disconnect_reason: str | None = None  # raw `patter.disconnect_reason`, when a span says it
+
+    def _list(self, name: str) -> list[Any]:
+        v = getattr(self, name)
+        if v is _NO_LIST:
+            v = []
+            setattr(self, name, v)
+        return v  # type: ignore[no-any-return]
+
+    def _set(self, name: str) -> set[Any]:
+        v = getattr(self, name)
+        if v is _NO_SET:
+            v = set()
+            setattr(self, name, v)
+        return v  # type: ignore[no-any-return]
+
+    def _dict(self, name: str) -> dict[Any, Any]:
+        v = getattr(self, name)
+        if v is _NO_DICT:
+            v = {}
+            setattr(self, name, v)
+        return v  # type: ignore[no-any-return]
 
     def add(self, rec: SpanRecord, arrival: float) -> None:
         a = rec.attrs
@@ -203,7 +249,8 @@ class GroupAgg:
         if rec.status_code == STATUS_ERROR:
             self.errors += 1
             layer = explicit_layer or STAGE_LAYERS.get(rec.name, "other")
-            self.error_layers[layer] = self.error_layers.get(layer, 0) + 1
+            layers = self._dict("error_layers")
+            layers[layer] = layers.get(layer, 0) + 1
         if not present.isdisjoint(DISCONNECT_KEYS):
             reason = next((a[k] for k in DISCONNECT_KEYS if isinstance(a.get(k), str) and a[k]), None)
             if reason is not None:
@@ -217,9 +264,9 @@ class GroupAgg:
                 self.iter0_llm += 1
             for ev in rec.events:
                 if ev["name"] == FIRST_TOKEN_EVENT and ev["time_ns"] >= rec.start_ns:
-                    self.ttft_ms.append((ev["time_ns"] - rec.start_ns) / 1e6)
+                    self._list("ttft_ms").append((ev["time_ns"] - rec.start_ns) / 1e6)
             if "getpatter.llm.ttft_ms" in a and not any(e["name"] == FIRST_TOKEN_EVENT for e in rec.events):
-                self.ttft_ms.append(float(a["getpatter.llm.ttft_ms"]))
+                self._list("ttft_ms").append(float(a["getpatter.llm.ttft_ms"]))
         elif name == "getpatter.bargein":
             self.barge_ins += 1
         elif name == "getpatter.tool":
@@ -236,34 +283,37 @@ class GroupAgg:
         if "patter.turn.idx" in present:
             idx = a["patter.turn.idx"]
             if isinstance(idx, int):
-                self.turn_idx.add(idx)
+                self._set("turn_idx").add(idx)
         for ev in rec.events:
             idx = ev["attrs"].get("patter.turn.idx")
             if isinstance(idx, int):
-                self.turn_idx.add(idx)
+                self._set("turn_idx").add(idx)
         if "patter.latency.ttfb_ms" in present:
-            self.ttfb_ms.append(float(a["patter.latency.ttfb_ms"]))
-            self.ttfb_turns.append((rec.start_ns, self.ttfb_ms[-1]))
+            ttfb = float(a["patter.latency.ttfb_ms"])
+            self._list("ttfb_ms").append(ttfb)
+            self._list("ttfb_turns").append((rec.start_ns, ttfb))
         run_id = rec.resource.get(TEST_RUN_KEY)
         if isinstance(run_id, str) and run_id and len(self.test_run_ids) < MAX_TEST_RUN_IDS:
-            self.test_run_ids.add(run_id)
+            self._set("test_run_ids").add(run_id)
         if not present:
             return
         if "patter.latency.turn_ms" in present:
-            self.turn_ms.append(float(a["patter.latency.turn_ms"]))
+            self._list("turn_ms").append(float(a["patter.latency.turn_ms"]))
         if "patter.direction" in present and isinstance(a["patter.direction"], str):
-            self.direction = a["patter.direction"]
+            self.direction = sys.intern(a["patter.direction"])
         has_cost = False
         if not present.isdisjoint(USAGE_KEYS):
             for key, (component, provider_key) in USAGE_KEYS.items():
                 if key in a:
                     has_cost = True
-                    provider = str(a.get(provider_key) or "unknown")
-                    bucket: dict[str, Decimal] = getattr(self, component)
+                    provider = sys.intern(str(a.get(provider_key) or "unknown"))  # one copy for every call
+                    bucket: dict[str, Decimal] = self._dict(component)
                     bucket[provider] = bucket.get(provider, Decimal(0)) + dec(a[key])
         if LLM_INPUT in present or LLM_OUTPUT in present:
             has_cost = True
-            line = self.llm.setdefault((str(a.get("patter.llm.provider") or "unknown"), span_model(rec)), [0, 0])
+            model = span_model(rec)
+            key = (sys.intern(str(a.get("patter.llm.provider") or "unknown")), model and sys.intern(model))
+            line = self._dict("llm").setdefault(key, [0, 0])
             line[0] += int(a.get(LLM_INPUT) or 0)
             line[1] += int(a.get(LLM_OUTPUT) or 0)
         if not present.isdisjoint(HANGUP_KEYS):
@@ -283,23 +333,34 @@ class GroupAgg:
         self.errors += other.errors
         self.redactions += other.redactions
         self.framework_cost_spans += other.framework_cost_spans
-        self.turn_idx |= other.turn_idx
-        self.ttfb_ms += other.ttfb_ms
-        self.ttfb_turns += other.ttfb_turns
-        self.turn_ms += other.turn_ms
-        self.test_run_ids |= other.test_run_ids
+        if other.turn_idx:
+            self._set("turn_idx").update(other.turn_idx)
+        if other.ttfb_ms:
+            self._list("ttfb_ms").extend(other.ttfb_ms)
+        if other.ttfb_turns:
+            self._list("ttfb_turns").extend(other.ttfb_turns)
+        if other.turn_ms:
+            self._list("turn_ms").extend(other.turn_ms)
+        if other.test_run_ids:
+            self._set("test_run_ids").update(other.test_run_ids)
         self.resource = self.resource or other.resource
-        for k, n in other.error_layers.items():
-            self.error_layers[k] = self.error_layers.get(k, 0) + n
+        if other.error_layers:
+            layers = self._dict("error_layers")
+            for k, n in other.error_layers.items():
+                layers[k] = layers.get(k, 0) + n
         self.error_layer = self.error_layer or other.error_layer
         self.disconnect_reason = self.disconnect_reason or other.disconnect_reason
-        self.ttft_ms += other.ttft_ms
+        if other.ttft_ms:
+            self._list("ttft_ms").extend(other.ttft_ms)
         for comp in ("stt", "tts", "telephony", "realtime"):
-            mine: dict[str, Decimal] = getattr(self, comp)
-            for k, v in getattr(other, comp).items():
+            theirs: dict[str, Decimal] = getattr(other, comp)
+            if not theirs:
+                continue
+            mine: dict[str, Decimal] = self._dict(comp)
+            for k, v in theirs.items():
                 mine[k] = mine.get(k, Decimal(0)) + v
         for k, (i, o) in other.llm.items():
-            line = self.llm.setdefault(k, [0, 0])
+            line = self._dict("llm").setdefault(k, [0, 0])
             line[0] += i
             line[1] += o
         self.hangup |= other.hangup
