@@ -33,6 +33,8 @@ class Refusal(Exception):
     retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
+        # a message quoting the input may hold lone surrogates (from JSON escapes): protobuf strings cannot
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.message = message
 
@@ -123,7 +125,9 @@ def parse(body: bytes, content_type: str, message_type: type[M]) -> M:
         raise InvalidArgument("OTLP/JSON body must be an object")
     try:
         json_format.ParseDict(_hex_ids_to_base64(obj), msg, ignore_unknown_fields=True)
-    except (json_format.ParseError, RecursionError, ValueError, TypeError) as e:
+    except (json_format.ParseError, RecursionError, ValueError, TypeError, ArithmeticError, SystemError) as e:
+        # found by fuzzing (tests/reliability/test_fuzz.py): OverflowError for `"intValue": Infinity`; SystemError
+        # from upb's field lookup with a key holding a lone surrogate (`"\ud800"` is valid JSON, not UTF-8)
         raise InvalidArgument(f"invalid OTLP/JSON {message_type.__name__}: {str(e)[:300]}") from e
     return msg
 
