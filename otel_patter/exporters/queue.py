@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from otel_patter.store.envelope_store import StoreError
+from otel_patter.store.paths import makedirs_private
 
 log = logging.getLogger("otel_patter.exporters.queue")
 
@@ -107,7 +108,7 @@ class PersistentQueue:
     def open(self) -> None:
         """Create the directory, rebuild the FIFO from disk, cut a torn tail. Raises StoreError."""
         try:
-            os.makedirs(self.dir, mode=DIR_MODE, exist_ok=True)
+            makedirs_private(self.dir, DIR_MODE)
             segments = self._segments()
             ack = self._read_ack()
             head_seg, head_off = ack if ack is not None else (segments[0] if segments else 1, 0)

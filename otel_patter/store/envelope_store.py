@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from otel_patter.processors.envelope import WRITER
-from otel_patter.store.paths import inside
+from otel_patter.store.paths import inside, makedirs_private
 
 SCHEMA_VERSION = "1.0"
 DIR_MODE = 0o700
@@ -96,7 +96,7 @@ class FileOps:
             raise
 
     def mkdirs(self, path: Path) -> None:
-        os.makedirs(path, mode=DIR_MODE, exist_ok=True)
+        makedirs_private(path, DIR_MODE)
 
 
 def iso_now(t: float | None = None) -> str:
@@ -139,6 +139,20 @@ class EnvelopeStore:
         self.ops.mkdirs(self.root)
         self.ops.mkdirs(self.root / "calls")
         self.ops.mkdirs(self.state_dir)
+        self._refuse_planted_symlinks()
+
+    def _refuse_planted_symlinks(self) -> None:
+        """`calls/`, `state/` and the forward queues' directories must be real directories: one planted as a
+        symlink would send the index, the pending log or queued data out of log_dir (log_dir itself may be a
+        symlink: the operator chose it). Call and day directories are checked as they are made."""
+        forward = self.state_dir / "forward"
+        candidates = [self.root / "calls", self.state_dir, forward]
+        if forward.is_dir() and not forward.is_symlink():
+            candidates += sorted(forward.iterdir())
+        for p in candidates:
+            if p.is_symlink():
+                raise StoreError(errno.ELOOP, f"{p} is a symbolic link; otel-patter writes only to real directories "
+                                              "under log_dir (remove it)")
 
     async def shutdown(self) -> None:
         return None

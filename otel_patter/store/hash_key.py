@@ -10,6 +10,8 @@ import os
 import secrets
 from pathlib import Path
 
+from otel_patter.store.paths import makedirs_private
+
 KEY_FILE = "state/hash.key"
 
 
@@ -23,7 +25,7 @@ def load_or_create_hash_key(log_dir: Path, env: dict[str, str] | None = None) ->
         return bytes.fromhex(path.read_text().strip())
     except (FileNotFoundError, ValueError):
         pass
-    os.makedirs(path.parent, mode=0o700, exist_ok=True)
+    makedirs_private(path.parent, 0o700)
     key = secrets.token_bytes(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:

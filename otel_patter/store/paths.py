@@ -8,6 +8,7 @@ two different ids never share a directory (the SDK would merge `a/b` and `a_b`).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,3 +54,17 @@ def inside(root: Path, candidate: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def makedirs_private(path: Path | str, mode: int = 0o700) -> None:
+    """`os.makedirs(path, mode, exist_ok=True)`, but every directory it creates gets `mode`, not only the last
+    one (os.makedirs gives intermediate ones 0o777 & ~umask: 0755, or 0777 under umask 0)."""
+    path = Path(path)
+    parent = path.parent
+    if parent != path and not parent.exists():
+        makedirs_private(parent, mode)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
