@@ -116,6 +116,11 @@ class GrpcSender:
                                              metadata=tuple(self.target.headers) or None)
         except grpc.aio.AioRpcError as e:
             code = e.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # the connection may have gone silent (no FIN, no RST: a dropped NAT or load balancer entry);
+                # grpc would keep sending into it for good, so the next attempt gets a fresh one (as HTTP does)
+                await self.close()
+                await self.start()
             delay = self._retry_delay(e.trailing_metadata())
             retryable = code in GRPC_RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
             return SendResult(False, retryable, delay, error=code.name)
