@@ -20,7 +20,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from otel_patter.config import Endpoint
-from otel_patter.memlimit import MemoryLimiter
+from otel_patter.memlimit import GRPC_EXPANSION, MemoryLimiter
 from otel_patter.receivers.decode import PROTOBUF, InvalidArgument, Refusal, parse, partial_success_response
 from otel_patter.receivers.security import ListenerAuth, grpc_server_credentials, listener_auth
 
@@ -73,7 +73,7 @@ class _Service:
                     raw = message
                 if raw is None:
                     raise InvalidArgument("no request message")
-                hold.resize(len(raw))  # now its real size
+                hold.resize(len(raw), GRPC_EXPANSION)  # now its real size, and what processing it costs
                 request = parse(raw, PROTOBUF, self._request_type)
                 del raw
                 result = self._consume(request, "grpc")
