@@ -110,6 +110,7 @@ class AdminConfig:
     # when set, the API and the page want `Authorization: Bearer <token>` (/healthz, /readyz stay open)
     auth_token: str | None = field(default=None, repr=False)
     metrics_auth: bool = False  # true: /metrics wants the token too
+    tls: TlsConfig | None = None  # HTTPS (and mTLS with client_ca_file) on the admin port
 
 
 @dataclass(frozen=True)
@@ -760,7 +761,7 @@ class _Reader:
         if metrics_auth and m.get("auth_token") is None:
             self.error(_join(path, "metrics_auth"), "true needs admin.auth_token")
         return AdminConfig(endpoint=self.get(m, "endpoint", path, self.endpoint, AdminConfig().endpoint),
-                           auth_token=token, metrics_auth=metrics_auth)
+                           auth_token=token, metrics_auth=metrics_auth, tls=self.tls(m.get("tls"), _join(path, "tls")))
 
     def auth_token(self, value: Any, path: str) -> str | _Invalid:
         """A bearer token: 1-4096 visible ASCII characters. Errors never show the value."""
@@ -1190,7 +1191,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                                "read_timeout": format_duration(otlp.read_timeout),
                                "max_connection_age": format_duration(otlp.max_connection_age)}},
         "admin": {"endpoint": cfg.admin.endpoint, "auth_token": None if cfg.admin.auth_token is None else "***",
-                  "metrics_auth": cfg.admin.metrics_auth},
+                  "metrics_auth": cfg.admin.metrics_auth,
+                  **({"tls": dataclasses.asdict(cfg.admin.tls)} if cfg.admin.tls is not None else {})},
         "store": {"log_dir": cfg.store.log_dir, "redact_phone": cfg.store.redact_phone,
                   "retention_days": cfg.store.retention_days, "fsync": cfg.store.fsync},
         "rollup": {"idle_timeout": format_duration(cfg.rollup.idle_timeout),

@@ -163,7 +163,7 @@ def test_unknown_key_error_has_path_and_suggestion(tmp_path: Path) -> None:
 
 def test_unknown_key_without_close_match_lists_the_keys(tmp_path: Path) -> None:
     path = write(tmp_path, {"admin": {"zzz": 1}})
-    assert errors_of(path) == ["admin.zzz: unknown key (expected one of: endpoint, auth_token, metrics_auth)"]
+    assert errors_of(path) == ["admin.zzz: unknown key (expected one of: endpoint, auth_token, metrics_auth, tls)"]
 
 
 def test_unknown_cli_override_key_is_reported_with_its_path() -> None:

@@ -31,6 +31,7 @@ from otel_patter.admin.query import (
     parse_since,
     parse_wait,
 )
+from otel_patter.receivers.security import server_ssl_context
 
 log = logging.getLogger("otel_patter.admin")
 PAGE_CALLS = 50  # calls on the page at /
@@ -168,11 +169,13 @@ class AdminServer:
         self._loop = asyncio.get_running_loop()
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True)
+        tls = getattr(getattr(getattr(self.pipeline, "cfg", None), "admin", None), "tls", None)
+        site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True,
+                           ssl_context=server_ssl_context(tls))
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
-        log.info("admin listening on %s:%s", self.host, self.port)
+        log.info("admin listening on %s:%s%s", self.host, self.port, " (TLS)" if tls is not None else "")
 
     async def shutdown(self, grace: float = 60.0) -> None:
         """Close the listener; requests in flight (a `?wait=final` long poll) get `grace` seconds, then are cut."""
