@@ -13,6 +13,7 @@ import base64
 import gzip
 import json
 import math
+import random
 import zlib
 from typing import Any
 
@@ -160,61 +161,86 @@ def _message(signal: str) -> st.SearchStrategy[Any]:
     return {"traces": trace_requests(), "metrics": metric_requests(), "logs": log_requests()}[signal]
 
 
-@st.composite
-def _mutated(draw: Any, data: bytes) -> bytes:
-    how = draw(st.sampled_from(["as is", "as is", "as is", "cut", "flip", "pad", "splice", "noise", "empty"]))
+# -- byte and JSON level mutation: plain `random.Random` seeded by hypothesis (cheap, so every structured example
+# hypothesis draws is sent as several variants: generating the structure is what costs)
+HTTP_CONTENT_TYPES = [PROTOBUF] * 10 + ["application/x-protobuf; charset=x", "application/protobuf", "text/plain", "",
+                                         "application/grpc", JSON_CT, "multipart/form-data; boundary=x"]
+JSON_CONTENT_TYPES = [JSON_CT] * 10 + ["application/json; charset=utf-8", "APPLICATION/JSON", "text/json",
+                                       "application/json; charset=latin-1"]
+ENCODINGS = [None] * 12 + ["identity", "gzip", "gzip", "gzip", "deflate", "deflate", "br", "GZIP", "x-zip",
+                           "gzip, gzip", ""]
+BIG = 70 * 1024  # over the fuzzed server's 64 KiB limit
+HOSTILE_JSON = [None, True, False, 0, -1, 2**63, -(2**63) - 1, 2**64, 10**30, 1.5, -0.0, 1e308, math.nan, math.inf,
+                -math.inf, "", "x", "\ud800", "a\udfffb", "00", "zz", "0" * 32, "f" * 16, "1e309", [], {}, [[[]]],
+                {"stringValue": 1}, {"intValue": "1e3"}, {"intValue": "abc"}, {"doubleValue": "NaN"},
+                {"arrayValue": {"values": [{"kvlistValue": {}}]}}, {"": None}, ["x"] * 5,
+                "../../etc/passwd", "+1 555 123 4567"]
+
+
+def mutate(data: bytes, rng: random.Random, bloat: bool = True) -> bytes:
+    """One byte-level mutation of `data` (or none)."""
+    how = rng.choice(["as is", "as is", "cut", "flip", "flip", "pad", "splice", "dup", "noise", "empty"]
+                     + (["bloat"] if bloat else []))
     if how == "cut" and data:
-        return data[: draw(st.integers(min_value=0, max_value=len(data) - 1))]
+        return data[: rng.randrange(len(data))]
     if how == "flip" and data:
         out = bytearray(data)
-        for _ in range(draw(st.integers(min_value=1, max_value=4))):
-            i = draw(st.integers(min_value=0, max_value=len(out) - 1))
-            out[i] = draw(st.integers(min_value=0, max_value=255))
+        for _ in range(rng.randint(1, 4)):
+            out[rng.randrange(len(out))] = rng.randrange(256)
         return bytes(out)
     if how == "pad":
-        return data + draw(st.binary(min_size=1, max_size=32))
+        return data + rng.randbytes(rng.randint(1, 32))
     if how == "splice" and data:
-        i = draw(st.integers(min_value=0, max_value=len(data)))
-        return data[:i] + draw(st.binary(min_size=1, max_size=16)) + data[i:]
+        i = rng.randint(0, len(data))
+        return data[:i] + rng.randbytes(rng.randint(1, 16)) + data[i:]
+    if how == "dup" and data:  # a protobuf message repeated is still one message (fields merge)
+        return data * rng.randint(2, 5)
     if how == "noise":
-        return draw(st.binary(max_size=256))
+        return rng.randbytes(rng.randint(0, 256))
     if how == "empty":
         return b""
+    if how == "bloat":  # over the size limit, plain or (with an encoding) as a small bomb
+        return data + b"\0" * BIG
     return data
 
 
-@st.composite
-def _encoded(draw: Any, body: bytes) -> tuple[bytes, str | None]:
-    enc = draw(st.sampled_from([None, None, None, "identity", "gzip", "gzip", "deflate", "br", "GZIP", "x-zip",
-                                "gzip, gzip", ""]))
+def encode(body: bytes, rng: random.Random) -> tuple[bytes, str | None]:
+    enc = rng.choice(ENCODINGS)
     if enc in ("gzip", "GZIP"):
         z = gzip.compress(body, compresslevel=1)
-        how = draw(st.sampled_from(["ok", "ok", "cut", "trailing", "plain"]))
+        how = rng.choice(["ok", "ok", "cut", "trailing", "plain", "flip"])
         if how == "cut":
-            z = z[: max(0, len(z) - draw(st.integers(min_value=1, max_value=12)))]
+            z = z[: max(0, len(z) - rng.randint(1, 12))]
         elif how == "trailing":
-            z += draw(st.binary(min_size=1, max_size=8))
+            z += rng.randbytes(rng.randint(1, 8))
         elif how == "plain":
             z = body  # says gzip, is not
+        elif how == "flip" and z:
+            b = bytearray(z)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            z = bytes(b)
         return z, enc
     if enc == "deflate":
         return zlib.compress(body), enc
     return body, enc
 
 
-@st.composite
-def http_protobuf_requests(draw: Any) -> tuple[str, bytes, dict[str, str]]:
-    """(path, body, headers) of an OTLP/HTTP protobuf request, likely hostile."""
-    signal = draw(st.sampled_from(SIGNALS))
-    body = draw(_mutated(draw(_message(signal)).SerializeToString()))
-    body, enc = draw(_encoded(body))
-    ct = draw(st.sampled_from([PROTOBUF] * 8 + ["application/x-protobuf; charset=x", "application/protobuf",
-                                                "text/plain", "", "application/grpc", JSON_CT]))
-    headers = {"Content-Type": ct} if ct else {}
-    if enc is not None:
-        headers["Content-Encoding"] = enc
-    path = f"/v1/{signal}" if draw(st.integers(0, 19)) else draw(st.sampled_from(["/v1/trace", "/", "/v1/traces/"]))
-    return path, body, headers
+def _path(signal: str, rng: random.Random) -> str:
+    return f"/v1/{signal}" if rng.random() > 0.03 else rng.choice(["/v1/trace", "/", "/v1/traces/", "/v1//traces"])
+
+
+def http_protobuf_variants(msg: Any, signal: str, rng: random.Random, k: int) -> list[tuple[str, bytes, dict]]:
+    """`k` OTLP/HTTP protobuf requests (path, body, headers) made from one message."""
+    raw = msg.SerializeToString()
+    out = []
+    for _ in range(k):
+        body, enc = encode(mutate(raw, rng), rng)
+        ct = rng.choice(HTTP_CONTENT_TYPES)
+        headers = {"Content-Type": ct} if ct else {}
+        if enc is not None:
+            headers["Content-Encoding"] = enc
+        out.append((_path(signal, rng), body, headers))
+    return out
 
 
 def _hexify(obj: Any) -> Any:
@@ -227,64 +253,68 @@ def _hexify(obj: Any) -> Any:
     return obj
 
 
-_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-                       st.floats(allow_nan=True, allow_infinity=True), _texts,
-                       st.sampled_from(["\ud800", "a\udfffb"]))  # lone surrogates: JSON can say them, UTF-8 cannot
-_json_any = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                             st.dictionaries(_small_text, inner, max_size=3)),
-                         max_leaves=8)
-
-
-@st.composite
-def _confused(draw: Any, obj: Any) -> Any:
-    """Replace some nodes of a JSON tree with values of the wrong type, rename or drop keys."""
+def confuse(obj: Any, rng: random.Random, rate: float) -> Any:
+    """Replace nodes of a JSON tree with values of the wrong type; rename, drop or add keys."""
+    if rng.random() < rate / 4:
+        return rng.choice(HOSTILE_JSON)
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            what = draw(st.integers(0, 30))
-            if what == 0:
-                continue  # drop
-            if what == 1:
-                out[k] = draw(_json_any)
-            elif what == 2:
-                out[k + draw(st.sampled_from(["x", "_", ""]))] = v
-            elif what == 3 and k in ("traceId", "spanId", "parentSpanId"):
-                out[k] = draw(st.one_of(st.text(alphabet="0123456789abcdefABCDEFxz", max_size=40), _json_any))
-            else:
-                out[k] = draw(_confused(v))
+            r = rng.random()
+            if r < rate / 3:
+                continue
+            if r < rate / 2:
+                k = rng.choice([k + "x", k.lower(), k[:-1], "", "__proto__"])
+            elif k in ("traceId", "spanId", "parentSpanId") and r < rate:
+                v = rng.choice(["", "zz", "0" * 33, "AAAA", "0x12", " " + "0" * 32, "0" * 16])
+            out[k] = confuse(v, rng, rate)
+        if rng.random() < rate / 3:
+            out[rng.choice(["extra", "resourceSpans", "scopeSpans", "spans", "attributes"])] = rng.choice(HOSTILE_JSON)
         return out
     if isinstance(obj, list):
-        return [draw(_confused(v)) for v in obj]
-    if draw(st.integers(0, 40)) == 0:
-        return draw(_json_any)
+        return [confuse(v, rng, rate) for v in obj]
     return obj
 
 
-@st.composite
-def http_json_requests(draw: Any) -> tuple[str, bytes, dict[str, str]]:
-    """(path, body, headers) of an OTLP/HTTP JSON request, likely hostile."""
+def http_json_variants(msg: Any, signal: str, rng: random.Random, k: int) -> list[tuple[str, bytes, dict]]:
+    """`k` OTLP/HTTP JSON requests (path, body, headers) made from one message."""
     from google.protobuf import json_format
 
-    signal = draw(st.sampled_from(SIGNALS))
-    obj = _hexify(json_format.MessageToDict(draw(_message(signal))))
-    obj = draw(_confused(obj))
-    if draw(st.integers(0, 9)) == 0:
-        obj = draw(_json_any)
-    text = json.dumps(obj, allow_nan=True, ensure_ascii=draw(st.booleans()))
-    body = draw(_mutated(text.encode("utf-8", "surrogatepass")))
-    body, enc = draw(_encoded(body))
-    ct = draw(st.sampled_from([JSON_CT] * 8 + ["application/json; charset=utf-8", "APPLICATION/JSON", "text/json"]))
-    headers = {"Content-Type": ct}
-    if enc is not None:
-        headers["Content-Encoding"] = enc
-    return f"/v1/{signal}", body, headers
+    tree = _hexify(json_format.MessageToDict(msg))
+    out = []
+    for _ in range(k):
+        obj = confuse(tree, rng, rng.choice([0.0, 0.0, 0.02, 0.1, 0.3]))
+        text = json.dumps(obj, allow_nan=True, ensure_ascii=rng.random() < 0.5)
+        body = text.encode("utf-8", "surrogatepass")
+        if rng.random() < 0.4:
+            body = mutate(body, rng)
+        body, enc = encode(body, rng)
+        headers = {"Content-Type": rng.choice(JSON_CONTENT_TYPES)}
+        if enc is not None:
+            headers["Content-Encoding"] = enc
+        out.append((_path(signal, rng), body, headers))
+    return out
+
+
+def grpc_variants(msg: Any, rng: random.Random, k: int) -> list[bytes]:
+    raw = msg.SerializeToString()
+    # grpc takes 0.1-1 s to refuse an oversized message (flow control): only one variant in ~100 is one
+    return [mutate(raw, rng, bloat=rng.random() < 0.1) for _ in range(k)]
 
 
 @st.composite
-def grpc_requests(draw: Any) -> tuple[str, bytes]:
-    """(signal, raw message bytes) of an OTLP/gRPC Export, likely hostile."""
+def messages(draw: Any) -> tuple[str, Any, random.Random]:
+    """(signal, a structured hostile OTLP request, a seeded rng for its variants)."""
     signal = draw(st.sampled_from(SIGNALS))
-    return signal, draw(_mutated(draw(_message(signal)).SerializeToString()))
+    # a plain PRNG seeded by hypothesis (reproducible): hypothesis' own randoms() lean on small values
+    return signal, draw(_message(signal)), random.Random(draw(st.integers(min_value=0, max_value=2**64)))
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                       st.floats(allow_nan=True, allow_infinity=True), _texts)
+_json_any = st.recursive(_json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                             st.dictionaries(_small_text, inner, max_size=3)),
+                         max_leaves=8)
 
 
 # -- config files ----------------------------------------------------------------------------------------

@@ -37,16 +37,21 @@ from tests.reliability.fuzz_inputs import (
     JSON_CT,
     PROTOBUF,
     config_documents,
-    grpc_requests,
-    http_json_requests,
-    http_protobuf_requests,
+    grpc_variants,
+    http_json_variants,
+    http_protobuf_variants,
+    messages,
 )
 from tests.reliability.inservice import InService
 
-N_HTTP_PROTOBUF = pick(1500, 40_000)
-N_HTTP_JSON = pick(1000, 30_000)
-N_GRPC = pick(800, 20_000)
-N_CONFIG = pick(1000, 15_000)
+# hypothesis draws a structured hostile message (that is what costs); each is sent as VARIANTS requests, mutated
+# by an rng hypothesis seeds. Inputs = examples x VARIANTS.
+VARIANTS = pick(8, 16)
+pytestmark = pytest.mark.timeout(1200 if LONG else 300)
+N_HTTP_PROTOBUF = pick(1200, 40_000) // VARIANTS
+N_HTTP_JSON = pick(1200, 30_000) // VARIANTS
+N_GRPC = pick(800, 20_000) // VARIANTS
+N_CONFIG = pick(800, 15_000)
 MAX_REQUEST = 64 * 1024  # small, so "too large" is reachable
 
 HTTP_OTLP_ANSWERS = {200, 400, 413, 415, 503}
@@ -142,52 +147,58 @@ def _report(name: str, n: int, answers: Counter[Any], s: InService | None) -> No
 
 @pytest.mark.parametrize("kind", ["protobuf", "json"])
 def test_hostile_otlp_http_bodies_get_only_the_specs_answers(service: InService, kind: str) -> None:
+    service.errors.clear()
     client = HttpClient(service.http_port)
     answers: Counter[int] = Counter()
-    strategy, n = (http_protobuf_requests(), N_HTTP_PROTOBUF) if kind == "protobuf" else (http_json_requests(),
-                                                                                           N_HTTP_JSON)
+    variants = http_protobuf_variants if kind == "protobuf" else http_json_variants
 
-    @fuzz_settings(n)
-    @given(strategy)
-    def run(req: tuple[str, bytes, dict[str, str]]) -> None:
-        path, body, headers = req
-        code, data, ctype = client.post(path, body, headers)
-        answers[code] += 1
-        _check_http_answer(path, headers, code, data, ctype)
-        assert not service.errors, service.errors[:5]
+    @fuzz_settings(N_HTTP_PROTOBUF if kind == "protobuf" else N_HTTP_JSON)
+    @given(messages())
+    def run(example: tuple[str, Any, Any]) -> None:
+        signal, msg, rng = example
+        for path, body, headers in variants(msg, signal, rng, VARIANTS):
+            code, data, ctype = client.post(path, body, headers)
+            answers[code] += 1
+            try:
+                _check_http_answer(path, headers, code, data, ctype)
+            except Exception as e:
+                raise AssertionError(f"{path} {headers} {body[:200]!r}: {code} {data[:300]!r}") from e
+            assert not service.errors, service.errors[:5]
 
     try:
         run()
     finally:
         client.close()
     _report(f"OTLP/HTTP {kind}", sum(answers.values()), answers, service)
-    assert answers[200] and answers[400], answers  # the inputs reach both sides of the decoder
+    assert answers[200] and answers[400] and answers[413] and answers[415], answers  # every branch is reached
 
 
 def test_hostile_otlp_grpc_messages_get_only_the_specs_answers(service: InService) -> None:
+    service.errors.clear()
     answers: Counter[str] = Counter()
     with grpc.insecure_channel(f"127.0.0.1:{service.grpc_port}",
                                options=[("grpc.max_send_message_length", 8 * MAX_REQUEST)]) as channel:
         calls = {signal: channel.unary_unary(method) for signal, method in METHODS.items()}
 
         @fuzz_settings(N_GRPC)
-        @given(grpc_requests())
-        def run(req: tuple[str, bytes]) -> None:
-            signal, raw = req
-            try:
-                data = calls[signal](raw, timeout=30)
-            except grpc.RpcError as e:
-                code = e.code().name
-                answers[code] += 1
-                assert code in GRPC_ANSWERS, (code, e.details())
-            else:
-                answers["OK"] += 1
-                RESPONSES[signal].FromString(data)
-            assert not service.errors, service.errors[:5]
+        @given(messages())
+        def run(example: tuple[str, Any, Any]) -> None:
+            signal, msg, rng = example
+            for raw in grpc_variants(msg, rng, VARIANTS):
+                try:
+                    data = calls[signal](raw, timeout=30)
+                except grpc.RpcError as e:
+                    code = e.code().name
+                    answers[code] += 1
+                    assert code in GRPC_ANSWERS, (code, e.details(), raw[:200])
+                else:
+                    answers["OK"] += 1
+                    RESPONSES[signal].FromString(data)
+                assert not service.errors, service.errors[:5]
 
         run()
     _report("OTLP/gRPC", sum(answers.values()), answers, service)
-    assert answers["OK"] and answers["INVALID_ARGUMENT"], answers
+    assert answers["OK"] and answers["INVALID_ARGUMENT"] and answers["RESOURCE_EXHAUSTED"], answers
 
 
 def test_hostile_config_files_give_a_config_or_a_config_error(tmp_path: Path) -> None:
@@ -221,3 +232,22 @@ def test_hostile_config_files_give_a_config_or_a_config_error(tmp_path: Path) ->
     run()
     _report("config loader", sum(outcomes.values()), outcomes, None)
     assert outcomes["Config"] and outcomes["ConfigError"], outcomes
+
+
+@pytest.mark.parametrize("body", [
+    b'{"resourceSpans":[{"resource":{"attributes":[{"key":"a","value":{"intValue":Infinity}}]}}]}',
+    b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":-Infinity}]}]}]}',
+    b'{"resourceSpans":[{"\\ud800":[]}]}',
+    b'{"resourceSpans":[{"resource":{"attributes":[{"key":"\\ud800","value":{"stringValue":"\\udfff"}}]}}]}',
+], ids=["int-infinity", "time-minus-infinity", "surrogate-key", "surrogate-value"])
+def test_what_fuzzing_found_is_a_400(service: InService, body: bytes) -> None:
+    """Found by this fuzzer: json_format raised OverflowError / SystemError (answered 500) on these."""
+    service.errors.clear()
+    client = HttpClient(service.http_port)
+    try:
+        code, data, ctype = client.post("/v1/traces", body, {"Content-Type": JSON_CT})
+    finally:
+        client.close()
+    assert code == 400, data
+    _check_http_answer("/v1/traces", {}, code, data, ctype)
+    assert not service.errors
