@@ -167,7 +167,10 @@ class AdminServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        # the OTLP listeners' read_timeout bounds how long a connection may idle or dribble its request head
+        cfg = getattr(self.pipeline, "cfg", None)
+        read_timeout = cfg.receivers.otlp.read_timeout if cfg is not None else 30.0
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, keepalive_timeout=read_timeout)
         await self.runner.setup()
         tls = getattr(getattr(getattr(self.pipeline, "cfg", None), "admin", None), "tls", None)
         site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True,

@@ -81,7 +81,8 @@ class SdkIngestReceiver:
         return _answer(200, {})
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                    keepalive_timeout=READ_TIMEOUT_S)  # also bounds a dribbled request head
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.requested_port)
         try:

@@ -4,7 +4,8 @@ What we set (otlp_http.py, otlp_grpc.py):
 - OTLP/HTTP: the request head and the whole body must arrive within `read_timeout` (default 30 s); else 408 and
   the connection is closed. A connection that never completes its request head, or stays idle after a response,
   is closed after `read_timeout` too (aiohttp's keep-alive timer). The memory limiter's hold on a slow body is
-  released at once.
+  released at once. The admin port closes such connections after `read_timeout` as well (the SDK report
+  listener after its own 5 s).
 - OTLP/gRPC: a connection must finish its handshake within `read_timeout` (`grpc.server_handshake_timeout_ms`);
   every connection gets GOAWAY after `max_connection_age` (default 10 min) or that long idle
   (`grpc.max_connection_age_ms`, `grpc.max_connection_idle_ms`), and an RPC still open then (a client that
@@ -27,6 +28,7 @@ import pytest
 
 from tests.otlp import request, span
 from tests.reliability.inservice import InService
+from tests.server import free_port
 
 READ_TIMEOUT = 1.0
 MAX_AGE = 2.0
@@ -37,7 +39,7 @@ SLACK = 4.0  # on a loaded 2-core CI machine
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InService]:
     with InService(tmp_path_factory.mktemp("slow"), **{
             "receivers.otlp.read_timeout": f"{READ_TIMEOUT}s", "receivers.otlp.max_connection_age": f"{MAX_AGE}s",
-            "limits.memory_mib": 4096}) as s:
+            "limits.memory_mib": 4096, "admin.endpoint": f"127.0.0.1:{free_port()}"}) as s:
         yield s
 
 
@@ -119,6 +121,17 @@ def test_a_body_that_never_finishes_gets_408_then_close(service: InService) -> N
                          ids=["nothing", "half-a-head"])
 def test_a_connection_that_never_sends_its_request_head_is_closed(service: InService, head: bytes) -> None:
     with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
+        sock.sendall(head)
+        took, _ = _closed_within(sock, READ_TIMEOUT + SLACK)
+    assert took >= READ_TIMEOUT * 0.5
+
+
+@pytest.mark.parametrize("head", [b"", b"GET /api/v1/calls HTTP/1.1\r\nHost: 127.0.0.1\r\nAcc"],
+                         ids=["nothing", "half-a-head"])
+def test_a_connection_to_the_admin_port_that_never_sends_its_request_head_is_closed(
+        service: InService, head: bytes) -> None:
+    assert service.service is not None and service.service.admin is not None
+    with socket.create_connection(("127.0.0.1", service.service.admin.port)) as sock:
         sock.sendall(head)
         took, _ = _closed_within(sock, READ_TIMEOUT + SLACK)
     assert took >= READ_TIMEOUT * 0.5
