@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from otel_patter.client import BUDGET_SOURCES
 from otel_patter.config import ConfigError, check_config_main, load_config
 
 EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
@@ -225,33 +226,15 @@ def _calls_check(args: argparse.Namespace, url: str | None) -> int:
     except (PatterCallsError, OSError, ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    usd, max_usd = result.usd(args.side), args.max_usd
-    source = "spans"  # which figure the budget was checked against
-    if args.source != "spans":  # the SDK's own call report (sdk_ingest), or the larger of it and ours (default)
-        from decimal import Decimal
-
-        from otel_patter.processors.reconcile import budget_usd
-
-        sdk_usd = budget_usd(result.envelope, "sdk") if args.side == "uut" else None  # the SDK reports its uut side
-        if sdk_usd is None and args.source == "sdk":
-            print(f"FAIL: call {result.call_id} has no SDK call report for --source sdk (the SDK reports "
-                  "its uut side; is sdk_ingest on?)")
-            return EXIT_FAIL
-        if sdk_usd is not None and (args.source == "sdk" or Decimal(str(sdk_usd)) > Decimal(str(usd))):
-            source = "sdk"
-            if max_usd is not None and Decimal(str(sdk_usd)) > Decimal(str(max_usd)):
-                print(f"FAIL: cost ${sdk_usd:.6f} (the SDK's own call report, --source {args.source}) is over the "
-                      f"budget of ${max_usd:.6f} (otel-patter's from spans: ${usd:.6f})")
-                return EXIT_FAIL
-            usd, max_usd = sdk_usd, None  # checked here; assert_budget still checks final, unpriced and p95
     try:
-        result.assert_budget(usd=max_usd, p95_ms=args.max_p95_ms, side=args.side,
-                             allow_unpriced=args.allow_unpriced)
+        result.assert_budget(usd=args.max_usd, p95_ms=args.max_p95_ms, side=args.side,
+                             allow_unpriced=args.allow_unpriced, source=args.source)
     except AssertionError as e:
         print(f"FAIL: {e}")
         return EXIT_FAIL
+    usd, source = result.budget_usd(args.side, args.source)
     p95 = result.p95_ms(args.side)
-    print(f"ok: call {result.call_id} ({args.side} side) costs ${usd:.6f}"
+    print(f"ok: call {result.call_id} ({args.side} side) costs ${usd or 0.0:.6f}"
           + (" (the SDK's own call report)" if source == "sdk" else "")
           + ("" if args.max_usd is None else f" (budget ${args.max_usd:.6f})")
           + ("" if p95 is None else f", p95 {num(p95)} ms")
@@ -308,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
             cp.add_argument("--max-p95-ms", type=_non_negative, default=None,
                             help="budget of the side's p95 turn latency, in ms")
             cp.add_argument("--side", default="uut", choices=("uut", "driver"))
-            cp.add_argument("--source", default="max", choices=("spans", "sdk", "max"),
+            cp.add_argument("--source", default="max", choices=BUDGET_SOURCES,
                             help="the USD the budget is checked against: otel-patter's from spans, the SDK's own "
                                  "call report (sdk_ingest), or the larger of the two (default; spans alone when "
                                  "the call has no SDK report)")

@@ -28,6 +28,7 @@ DEFAULT_URL = "http://localhost:4319"
 URL_ENV = "OTEL_PATTER_URL"
 TOKEN_ENV = "OTEL_PATTER_TOKEN"
 COMPONENTS = ("stt", "tts", "llm", "telephony", "realtime")
+BUDGET_SOURCES = ("spans", "sdk", "max")  # whose USD a budget checks (see CallResult.budget_usd)
 _SLACK_S = 10.0  # the HTTP timeout of a long poll: the server's wait plus this
 
 
@@ -113,22 +114,49 @@ class CallResult:
     def p95_ms(self, side: str = "uut") -> float | None:
         return (self.side(side).get("latency") or {}).get("p95_ms")
 
+    def sdk_usd(self) -> float | None:
+        """The SDK's own total for the call (its call_end report, via sdk_ingest; the SDK reports its uut side),
+        or None when there is no such report."""
+        total = ((self.envelope.get("reconciliation") or {}).get("sdk") or {}).get("total")
+        return float(total) if isinstance(total, int | float) and not isinstance(total, bool) else None
+
+    def budget_usd(self, side: str = "uut", source: str = "max") -> tuple[float | None, str]:
+        """The USD a budget is checked against and whose it is (`spans` or `sdk`): otel-patter's from spans,
+        the SDK's own call report, or (`max`) the larger of the two, spans alone when there is no report.
+        (None, "sdk") when `source` is `sdk` and there is no report."""
+        if source not in BUDGET_SOURCES:
+            raise ValueError(f"source must be one of {', '.join(BUDGET_SOURCES)}, got {source!r}")
+        spans = self.usd(side)
+        sdk = self.sdk_usd() if side == "uut" and source != "spans" else None
+        if source == "sdk":
+            return sdk, "sdk"
+        if sdk is not None and Decimal(str(sdk)) > Decimal(str(spans)):
+            return sdk, "sdk"
+        return spans, "spans"
+
     def assert_budget(self, usd: float | None = None, p95_ms: float | None = None, side: str = "uut",
-                      allow_unpriced: bool = False) -> CallResult:
+                      allow_unpriced: bool = False, source: str = "max") -> CallResult:
         """Fail (AssertionError) when this side costs more than `usd`, its p95 turn latency is over `p95_ms`,
-        the call is not final yet, or its cost is incomplete (unless `allow_unpriced`). Returns self."""
+        the call is not final yet, or its cost is incomplete (unless `allow_unpriced`). Returns self.
+
+        `source` picks the USD (see `budget_usd`): by default the larger of otel-patter's and the SDK's own."""
         problems: list[str] = []
         figures = self.side(side)
         if not figures:
             have = ", ".join(sorted(self.envelope.get("sides") or {})) or "none"
             raise AssertionError(f"call {self.call_id} has no {side} side (sides: {have})")
+        total, whose = self.budget_usd(side, source)
+        if total is None:
+            raise AssertionError(f"call {self.call_id} has no SDK call report for source {source!r} (the SDK "
+                                 "reports its uut side; is sdk_ingest on?)")
         if not self.final:
             problems.append(f"the call is still {self.status} (revision {self.envelope.get('revision')}): "
                             "wait for it to be final first")
-        total = (figures.get("cost") or {}).get("total", 0.0)
         if usd is not None and Decimal(str(total)) > Decimal(str(usd)):
             over = Decimal(str(total)) - Decimal(str(usd))
-            problems.append(f"cost {_usd(total)} is over the budget of {_usd(usd)} by {_usd(float(over))}")
+            problems.append(f"cost {_usd(total)}" + (" (the SDK's own call report)" if whose == "sdk" else "")
+                            + f" is over the budget of {_usd(usd)} by {_usd(float(over))}"
+                            + (f" (otel-patter's from spans: {_usd(self.usd(side))})" if whose == "sdk" else ""))
         unpriced = [u for u in self.envelope.get("unpriced") or () if u.get("side") == side]
         if unpriced and not allow_unpriced:
             problems.append(f"cost is incomplete: {len(unpriced)} usage line(s) have no rate, so the total "

@@ -33,7 +33,6 @@ from otel_patter.pricing import PriceBook, pricing_key, round6
 from otel_patter.processors.rollup_state import CallState
 
 COMPARED = ("stt", "tts", "llm", "telephony")
-SOURCES = ("spans", "sdk", "max")
 _MINUTE = Decimal(60)
 
 
@@ -196,22 +195,6 @@ def sdk_llm_models(state: CallState) -> dict[str, str]:
     provider = (state.sdk.value("providers") or {}).get("llm")
     model = (state.sdk.value("models") or {}).get("llm")
     return {provider: model} if provider and model else {}
-
-
-def budget_usd(envelope: dict[str, Any], source: str = "spans") -> float | None:
-    """The call's USD for a budget check: `spans` (otel-patter's figure), `sdk` (the SDK's own call
-    report; None when there is none) or `max` (the larger of the two; spans alone without a report)."""
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    spans = float((envelope.get("cost") or {}).get("total", 0.0))
-    sdk_cost = (envelope.get("reconciliation") or {}).get("sdk") or {}
-    sdk = sdk_cost.get("total")
-    sdk = float(sdk) if isinstance(sdk, int | float) and not isinstance(sdk, bool) else None
-    if source == "spans":
-        return spans
-    if source == "sdk":
-        return sdk
-    return spans if sdk is None else max(spans, sdk)
 
 
 def format_reconciliation(envelope: dict[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from getpatter import pricing as sdk
 
-from otel_patter.processors.reconcile import budget_usd
+from otel_patter.client import CallResult
 from otel_patter.store.envelope_store import parse_iso
 from tests.exporters.downstreams import HttpDownstream
 from tests.sdk import emit_call
@@ -152,10 +152,10 @@ def test_the_report_fills_what_spans_never_say(call: NotifiedCall) -> None:
 
 
 def test_budget_sources(call: NotifiedCall) -> None:
-    env = call.envelope
-    assert budget_usd(env, "spans") == env["cost"]["total"] == 0.022281
-    assert budget_usd(env, "sdk") == SDK_COST["total"]
-    assert budget_usd(env, "max") == SDK_COST["total"]
+    result = CallResult(call.envelope)
+    assert result.budget_usd("uut", "spans") == (call.envelope["cost"]["total"], "spans") == (0.022281, "spans")
+    assert result.budget_usd("uut", "sdk") == (SDK_COST["total"], "sdk")
+    assert result.budget_usd("uut", "max") == (SDK_COST["total"], "sdk")
 
 
 def test_the_call_page_shows_both_views_with_the_named_causes(call: NotifiedCall) -> None:

@@ -23,9 +23,9 @@ import yaml
 from getpatter import pricing as sdk
 
 from otel_patter.cli import main as cli
+from otel_patter.client import CallResult
 from otel_patter.config import ConfigError, PiiConfig, format_effective, load_config
 from otel_patter.processors.pii import PiiProcessor
-from otel_patter.processors.reconcile import budget_usd
 from otel_patter.processors.sdk_report import ReportSanitizer, redact_phone
 from tests.inproc import InProcess
 from tests.otlp import post, span
@@ -249,12 +249,14 @@ def test_within_the_default_tolerance_is_no_mismatch(p: InProcess) -> None:
 
 
 def test_budget_usd_sources() -> None:
-    env = {"cost": {"total": 0.02}, "reconciliation": {"sdk": {"total": 0.025}}}
-    assert [budget_usd(env, s) for s in ("spans", "sdk", "max")] == [0.02, 0.025, 0.025]
-    bare = {"cost": {"total": 0.02}, "reconciliation": None}
-    assert [budget_usd(bare, s) for s in ("spans", "sdk", "max")] == [0.02, None, 0.02]
+    env = CallResult({"sides": {"uut": {"cost": {"total": 0.02}}}, "reconciliation": {"sdk": {"total": 0.025}}})
+    assert [env.budget_usd("uut", s) for s in ("spans", "sdk", "max")] == [
+        (0.02, "spans"), (0.025, "sdk"), (0.025, "sdk")]
+    bare = CallResult({"sides": {"uut": {"cost": {"total": 0.02}}}, "reconciliation": None})
+    assert [bare.budget_usd("uut", s) for s in ("spans", "sdk", "max")] == [
+        (0.02, "spans"), (None, "sdk"), (0.02, "spans")]
     with pytest.raises(ValueError):
-        budget_usd(env, "both")
+        env.budget_usd("uut", "both")
 
 
 # -- the listener ------------------------------------------------------------------------------------------

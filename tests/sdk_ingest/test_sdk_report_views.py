@@ -16,6 +16,7 @@ import pytest
 
 from otel_patter.admin.page import render_call, render_index
 from otel_patter.cli import main as cli
+from otel_patter.client import CallResult
 from tests.inproc import InProcess
 from tests.otlp import span
 from tests.sdk_ingest import reports as R
@@ -50,9 +51,10 @@ def test_check_budgets_the_larger_figure_by_default(tmp_path: Path, capsys: pyte
     _, env, log_dir = final_call(tmp_path)
     assert (env["cost"]["total"], env["reconciliation"]["sdk"]["total"]) == (SPANS_USD, SDK_USD)
     assert cli(["calls", "check", CALL, "--max-usd", "0.01", *log_dir]) == 1  # 0.0085 fits; 0.02289 does not
-    assert capsys.readouterr().out == (
-        "FAIL: cost $0.022890 (the SDK's own call report, --source max) is over the budget of $0.010000 "
-        "(otel-patter's from spans: $0.008500)\n")
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"FAIL: call {CALL} (uut side) is over budget:",
+        "  - cost $0.022890 (the SDK's own call report) is over the budget of $0.010000 by $0.012890 "
+        "(otel-patter's from spans: $0.008500)"]
 
 
 def test_check_names_the_sdk_figure_when_it_passed_on_it(tmp_path: Path,
@@ -97,8 +99,16 @@ def test_check_source_sdk_fails_a_call_without_an_sdk_report(tmp_path: Path,
     _, _, log_dir = final_call(tmp_path, report=False)
     assert cli(["calls", "check", CALL, "--max-usd", "1", "--source", "sdk", *log_dir]) == 1
     assert capsys.readouterr().out == (
-        f"FAIL: call {CALL} has no SDK call report for --source sdk (the SDK reports its uut side; "
+        f"FAIL: call {CALL} has no SDK call report for source 'sdk' (the SDK reports its uut side; "
         "is sdk_ingest on?)\n")
+
+
+def test_assert_budget_in_a_suite_checks_the_larger_figure_unless_told_otherwise(tmp_path: Path) -> None:
+    _, env, _ = final_call(tmp_path)
+    result = CallResult(env)  # what `patter_calls.wait(CALL)` returns in a pytest suite
+    with pytest.raises(AssertionError, match=r"cost \$0\.022890 \(the SDK's own call report\) is over the budget"):
+        result.assert_budget(usd=0.01)
+    assert result.assert_budget(usd=0.01, source="spans") is result
 
 
 def test_calls_show_prints_both_views_line_by_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
