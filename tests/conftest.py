@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.exporters.downstreams import GrpcDownstream, HttpDownstream
 from tests.server import ServerProc
 
 
@@ -27,3 +28,19 @@ def make_server(tmp_path: Path) -> Iterator[object]:
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def grpc_down() -> Iterator[GrpcDownstream]:
+    """A real OTLP/gRPC trace server standing in for a downstream backend."""
+    d = GrpcDownstream().start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def http_down() -> Iterator[HttpDownstream]:
+    """A real OTLP/HTTP server standing in for a downstream backend."""
+    d = HttpDownstream().start()
+    yield d
+    d.stop()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,8 @@ class FaultyFileOps(FileOps):
         os.write(fd, data[: len(data) // 2])
         raise OSError(rule.errno, os.strerror(rule.errno))
 
-    def append(self, path: Path, data: bytes) -> None:
+    def _faulty(self, write: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
+        """Run one of FileOps' writes under the rule for this path: fail at once, or (partial) halfway."""
         rule = self._rule(kind_of(path))
         if rule is not None and not rule.partial:
             raise self._fail(rule, path)
@@ -121,21 +123,15 @@ class FaultyFileOps(FileOps):
             self.injected += 1
             self._partial = rule
         try:
-            super().append(path, data)
+            write(path, data)
         finally:
             self._partial = None
 
+    def append(self, path: Path, data: bytes) -> None:
+        self._faulty(super().append, path, data)
+
     def write_atomic(self, path: Path, data: bytes) -> None:
-        rule = self._rule(kind_of(path))
-        if rule is not None and not rule.partial:
-            raise self._fail(rule, path)
-        if rule is not None:
-            self.injected += 1
-            self._partial = rule
-        try:
-            super().write_atomic(path, data)
-        finally:
-            self._partial = None
+        self._faulty(super().write_atomic, path, data)
 
     def mkdirs(self, path: Path) -> None:
         rule = self._rule("mkdir")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,6 @@ from tests.exporters.downstreams import GrpcDownstream, HttpDownstream
 from tests.otlp import recorded_call
 
 FAST = {"retry_initial_interval": 0.05, "retry_max_interval": 0.2, "timeout": 5.0}
-
-
-@pytest.fixture
-def grpc_down() -> Iterator[GrpcDownstream]:
-    d = GrpcDownstream().start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def http_down() -> Iterator[HttpDownstream]:
-    d = HttpDownstream().start()
-    yield d
-    d.stop()
 
 
 def sample(m: SelfMetrics, name: str, **labels: str) -> float:

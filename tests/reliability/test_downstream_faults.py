@@ -17,7 +17,6 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -151,20 +150,6 @@ class ChaosProxy:
             if cut is None and until is None:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
-
-
-@pytest.fixture
-def grpc_down() -> Iterator[GrpcDownstream]:
-    d = GrpcDownstream().start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture
-def http_down() -> Iterator[HttpDownstream]:
-    d = HttpDownstream().start()
-    yield d
-    d.stop()
 
 
 def _bodies(n: int, size: int = 0) -> list[bytes]:
