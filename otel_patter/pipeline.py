@@ -11,8 +11,9 @@
     -> answer the client (ack after append)
 
 Metrics and logs are scrubbed by the same PII rules, counted and forwarded.
-On finalization (rollup `on_final`): CallMetrics (`patter_*` on /metrics), then Forwarder
-(a `patter.call.summary` span into every queue). Forward queues send in the background.
+On finalization: Forwarder queues a `patter.call.summary` span (rollup `before_final`: before the call is
+final on disk, so a crash in between finalizes it again after restart), then CallMetrics (`patter_*` on
+/metrics, `on_final`). Forward queues send in the background.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ class Pipeline:
         self.forward = Forwarder(cfg, self.metrics)
         self.call_metrics = CallMetrics(cfg.metrics, self.metrics.registry, self.rollup.book,
                                         lambda: sum(1 for s in self.rollup.calls.values() if not s.final))
+        self.rollup.before_final.append(self.forward.on_final)  # the summary span: queued before final on disk
         self.rollup.on_final.append(self.call_metrics.on_final)
-        self.rollup.on_final.append(self.forward.on_final)
         # sdk_ingest: the SDK's own call reports -> sanitize -> the call's WAL -> rollup (reconciliation)
         self.sdk_reports = SdkReportProcessor(cfg, self.pii, self.rollup, self.metrics)
         self.rollup.on_final.append(self.sdk_reports.on_final)

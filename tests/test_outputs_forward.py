@@ -276,3 +276,49 @@ def test_metrics_are_pushed_as_otlp_to_the_chosen_downstream(
     assert round(sum(dp.as_double for dp in cost.sum.data_points), 6) == round(
         sum(env["cost"][c] for c in ("stt", "tts", "llm", "telephony")), 6)
     assert not [r for r in g.received if r.signal == "metrics"]  # jaeger was not chosen
+
+
+class _Killed(BaseException):
+    """The process dying at that instruction: what a kill -9 there leaves on disk is all that is left."""
+
+
+def _queued_summaries(downstream: Any) -> list[Any]:
+    q = downstream.queue
+    found = []
+    while (entry := q.peek()) is not None:
+        for rs in ExportTraceServiceRequest.FromString(q.read(entry)).resource_spans:
+            found += [s for ss in rs.scope_spans for s in ss.spans if s.name == "patter.call.summary"]
+        q.pop(entry.seq)
+    return found
+
+
+def test_a_crash_while_queuing_the_summary_leaves_the_call_to_be_finalized_again(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_patter.exporters.forward import Downstream
+    from tests.inproc import InProcess
+
+    forward = [{"name": "jaeger", "endpoint": "http://127.0.0.1:9"}]  # down: everything stays queued
+    first = InProcess(tmp_path, forward=forward)
+    first.pipeline.forward.downstreams[0].queue.open()  # what Forwarder.start does (no sender task here)
+    for req in recorded_call():
+        first.pipeline.consume_traces(req, "test")
+    enqueue = Downstream.enqueue
+
+    def die_queuing_a_summary(self: Downstream, signal: str, payload: bytes, items: int) -> None:
+        if b"patter.call.summary" in payload:
+            raise _Killed
+        enqueue(self, signal, payload, items)
+
+    monkeypatch.setattr(Downstream, "enqueue", die_queuing_a_summary)
+    with pytest.raises(_Killed):
+        first.final(RECORDED_CALL_ID)
+    monkeypatch.undo()
+
+    restarted = InProcess(tmp_path, forward=forward)  # the same log dir, as after a restart
+    restarted.pipeline.forward.downstreams[0].queue.open()
+    assert restarted.pipeline.rollup.get(RECORDED_CALL_ID)["status"] == "in_progress"
+    env = restarted.final(RECORDED_CALL_ID)
+    (summary,) = _queued_summaries(restarted.pipeline.forward.downstreams[0])
+    attrs = attrs_dict(summary.attributes)
+    assert (attrs["patter.call_id"], attrs["patter.summary.revision"]) == (RECORDED_CALL_ID, env["revision"])
+    assert attrs["patter.summary.usd_total"] == env["cost"]["total"] == 0.022281

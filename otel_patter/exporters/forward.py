@@ -13,7 +13,10 @@ own persistent queue (`queue.py`) and a background sender task:
   from `retry_initial_interval` doubling to `retry_max_interval`, ±20 % jitter, or the
   server's RetryInfo / Retry-After) and tries the same record again, so per downstream
   data leaves in the order it arrived.
-- `on_final(state, envelope)` (rollup hook) enqueues a `patter.call.summary` span.
+- `on_final(state, envelope)` (rollup's `before_final` hook) enqueues a `patter.call.summary` span
+  before the call is final on disk; a failed append raises `StoreError` and the finalization is
+  retried, so a summary is never lost (after a crash at the wrong moment it may be queued twice,
+  with the same span id).
 
 Self-metrics (items are spans, metric data points or log records):
 `otel_patter_forward_queue_bytes{downstream}`, `otel_patter_forward_sent_total{downstream}` (items),
@@ -34,7 +37,6 @@ import logging
 import random
 import socket
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +52,6 @@ from otel_patter.store.envelope_store import StoreError
 log = logging.getLogger("otel_patter.exporters.forward")
 
 JITTER = 0.2
-BACKLOG_MAX = 10_000  # summaries whose enqueue failed, retried by the sender loop
-BACKLOG_RETRY_S = 1.0
 
 
 class ForwardMetrics:
@@ -82,7 +82,6 @@ class Downstream:
         self.sender = make_sender(target)
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.backlog: deque[tuple[str, bytes, int]] = deque()
         self.inflight: int | None = None  # seq of the record being sent right now
         self.inflight_dropped = False
         self.failures = 0  # consecutive failed attempts
@@ -141,22 +140,6 @@ class Downstream:
             log.warning("forward %s: queue full (%d bytes); dropped the oldest %d items", self.name,
                         self.target.queue_max_bytes, n, extra={"downstream": self.name})
 
-    def enqueue_later(self, signal: str, payload: bytes, items: int) -> None:
-        if len(self.backlog) >= BACKLOG_MAX:
-            _s, _p, lost = self.backlog.popleft()
-            self.fm.dropped.labels(self.name, "queue_full").inc(lost)
-        self.backlog.append((signal, payload, items))
-        self.wake.set()
-
-    def _drain_backlog(self) -> None:
-        while self.backlog:
-            signal, payload, items = self.backlog[0]
-            try:
-                self.enqueue(signal, payload, items)
-            except StoreError:
-                return
-            self.backlog.popleft()
-
     # -- sending ------------------------------------------------------------------------------
     def backoff(self) -> float:
         t = self.target
@@ -165,14 +148,10 @@ class Downstream:
 
     async def _run(self) -> None:
         while True:
-            if self.backlog:
-                self._drain_backlog()
             entry = self.queue.peek()
             if entry is None:
                 self.wake.clear()
-                timeout = BACKLOG_RETRY_S if self.backlog else None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                await self.wake.wait()
                 continue
             try:
                 payload = self.queue.read(entry)
@@ -322,14 +301,14 @@ class Forwarder:
         if req is None:
             return
         payload = req.SerializeToString()
-        self.summaries += 1
         for d in self.downstreams:
             try:
                 d.enqueue("traces", payload, 1)
-            except StoreError as e:
-                log.warning("forward %s: summary enqueue failed (%s); will retry", d.name, e.strerror,
-                            extra={"call_id": state.call_id, "downstream": d.name})
-                d.enqueue_later("traces", payload, 1)
+            except StoreError as e:  # the call stays open and its finalization is retried
+                log.warning("forward %s: summary enqueue failed (%s); finalization will be retried", d.name,
+                            e.strerror, extra={"call_id": state.call_id, "downstream": d.name})
+                raise
+        self.summaries += 1
 
     def readiness(self) -> dict[str, str]:
         return {f"forward.{d.name}": d.check() for d in self.downstreams}

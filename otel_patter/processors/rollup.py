@@ -70,7 +70,12 @@ class RollupProcessor:
         self.pending: dict[str, list[tuple[SpanRecord, float]]] = {}
         self._pending_dirty = False
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # outputs that must not be lost (the forward queue's summary span) run before the call is final on disk,
+        # so a crash between them makes the call open again after a restart and it is finalized (and they run)
+        # again; the rest (metrics, waiters) run after
+        self.before_final: list[Callable[[CallState, dict[str, Any]], None]] = []
         self.on_final: list[Callable[[CallState, dict[str, Any]], None]] = []
+        self._before_done: dict[str, int] = {}  # call id -> revision whose before_final hooks ran (finalize retries)
         self.ready = False
         # finalization without looking at every call every tick: a heap of (when to look again, call id), and the
         # calls whose deadline may have moved since (a span, a finalize request, an SDK report, a restart)
@@ -348,9 +353,13 @@ class RollupProcessor:
         state.final_at = now
         state.finalize_requested_at = None
         try:
+            envelope = self.envelope(state)
+            if self._before_done.get(state.call_id) != state.revision:  # not again on a finalize retry
+                self._run_hooks(self.before_final, state, envelope)
+                self._before_done[state.call_id] = state.revision
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
-            envelope = self._write(state)
+            self._write(state, envelope)
         except StoreError as e:
             self.metrics.store_errors.labels("finalize").inc()
             log.warning("finalize of a call failed; will retry: %s", e.strerror, extra={"call_id": state.call_id})
@@ -358,25 +367,34 @@ class RollupProcessor:
             state.final_reason = None
             state.final_at = None
             return
+        self._before_done.pop(state.call_id, None)
         self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
             {"open": False, "revision": state.revision, "reason": reason})
         self.metrics.calls_finalized.labels(reason).inc()
         log.info("call final", extra={"call_id": state.call_id, "revision": state.revision, "reason": reason,
                                       "status": envelope.get("status")})
-        for hook in self.on_final:
-            try:
-                hook(state, envelope)
-            except Exception:  # an output's bug must not stop finalization (waiters, other hooks)
-                log.exception("on_final hook failed", extra={"call_id": state.call_id})
+        self._run_hooks(self.on_final, state, envelope)
         for fut in self._waiters.pop(state.call_id, []):
             if not fut.done():
                 fut.set_result(None)
 
+    @staticmethod
+    def _run_hooks(hooks: list[Callable[[CallState, dict[str, Any]], None]], state: CallState,
+                   envelope: dict[str, Any]) -> None:
+        for hook in hooks:
+            try:
+                hook(state, envelope)
+            except StoreError:
+                raise
+            except Exception:  # an output's bug must not stop finalization (waiters, other hooks)
+                log.exception("finalization hook failed", extra={"call_id": state.call_id})
+
     def envelope(self, state: CallState) -> dict[str, Any]:
         return build_envelope(state, self.book, self.defaults)
 
-    def _write(self, state: CallState) -> dict[str, Any]:
-        env = self.envelope(state)
+    def _write(self, state: CallState, env: dict[str, Any] | None = None) -> dict[str, Any]:
+        if env is None:
+            env = self.envelope(state)
         self.store.write_envelope(state.reldir, env)
         self.metrics.envelope_writes.inc()
         state.dirty = False
