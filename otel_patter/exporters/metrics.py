@@ -30,6 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from otel_patter.component import Stage
 from otel_patter.config import MetricsConfig
 from otel_patter.exporters import labels
 from otel_patter.exporters.summary import Outcome, outcome, top_side
@@ -50,7 +51,7 @@ class Contribution:
     disconnect_counted: bool = False
 
 
-class CallMetrics:
+class CallMetrics(Stage):
     def __init__(self, cfg: MetricsConfig, registry: CollectorRegistry, book: PriceBook,
                  active_calls: Callable[[], int]) -> None:
         self.cfg = cfg
@@ -86,12 +87,6 @@ class CallMetrics:
             "cost": self.cost, "stt": self.stt_seconds, "tts": self.tts_chars, "llm": self.llm_tokens,
             "telephony": self.telephony_minutes, "errors": self.errors,
         }
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
 
     # -- what one call adds up to ------------------------------------------------------------
     def _counters(self, envelope: dict[str, Any], out: Outcome) -> dict[tuple[Any, ...], float]:

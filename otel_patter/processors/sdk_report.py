@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from otel_patter.component import Stage
 from otel_patter.processors.pii import phone_e164
 from otel_patter.store.hash_key import load_or_create_hash_key
 from otel_patter.store.paths import valid_call_id
@@ -310,7 +311,7 @@ def replay_report(state: CallState, data: dict[str, Any], tolerance_usd: float) 
         return False
 
 
-class SdkReportProcessor:
+class SdkReportProcessor(Stage):
     """sdk_ingest's stage: sanitize a payload, record it in its call (WAL first), count it."""
 
     def __init__(self, cfg: Config, pii: PiiProcessor, rollup: Any, metrics: SelfMetrics) -> None:
@@ -319,12 +320,6 @@ class SdkReportProcessor:
         self.metrics = metrics
         log_dir = Path(cfg.store.log_dir)
         self.sanitizer = ReportSanitizer(pii, cfg.store.redact_phone, lambda: load_or_create_hash_key(log_dir))
-
-    async def start(self) -> None:
-        return None
-
-    async def shutdown(self) -> None:
-        return None
 
     def consume(self, payload: Any, received_at: float) -> str:
         """`accepted`, `duplicate` or `ignored` (no call id); raises StoreError when the WAL append fails."""
