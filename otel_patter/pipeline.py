@@ -86,6 +86,7 @@ class Pipeline:
                                         lambda: sum(1 for s in self.rollup.calls.values() if not s.final))
         self.rollup.before_final.append(self.forward.on_final)  # the summary span: queued before final on disk
         self.rollup.on_final.append(self.call_metrics.on_final)
+        self.rollup.on_reopen.append(self.call_metrics.on_reopen)  # after a restart: count only the difference
         # sdk_ingest: the SDK's own call reports -> sanitize -> the call's WAL -> rollup (reconciliation)
         self.sdk_reports = SdkReportProcessor(cfg, self.pii, self.rollup, self.metrics)
         self.rollup.on_final.append(self.sdk_reports.on_final)

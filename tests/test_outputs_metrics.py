@@ -94,6 +94,19 @@ def test_a_reopened_call_adds_only_its_delta(tmp_path: Path) -> None:
     assert value(p, "patter_call_cost_usd_count") == 1
 
 
+def test_a_call_reopened_after_a_restart_adds_only_its_delta(tmp_path: Path) -> None:
+    send_recorded(InProcess(tmp_path))  # counted by the process before the restart
+    p = InProcess(tmp_path)  # the restart: counters start from zero, the call is final on disk
+    p.send([billable(RECORDED_CALL_ID, **{"patter.cost.tts_chars": 100, "patter.tts.provider": "elevenlabs",
+                                          "patter.latency.ttfb_ms": 420.0})])
+    assert p.final(RECORDED_CALL_ID)["revision"] == 2
+    assert value(p, "patter_tts_chars_total", provider="elevenlabs") == 100
+    assert value(p, "patter_cost_usd_total", component="tts", provider="elevenlabs") == 0.005  # 0.01775 - 0.01275
+    assert value(p, "patter_stt_seconds_total", provider="deepgram") is None  # nothing new
+    assert value(p, "patter_turn_latency_ms_count") == 1  # only the new turn
+    assert value(p, "patter_calls_total", status="completed") is None  # counted once, before the restart
+
+
 def test_a_teed_back_summary_changes_no_metric(tmp_path: Path) -> None:
     p = InProcess(tmp_path, forward=[{"name": "j", "endpoint": "http://127.0.0.1:9"}])
     (q,) = [d.queue for d in p.pipeline.forward.downstreams]

@@ -14,7 +14,8 @@ difference (never a negative one). Per-call observations (`patter_calls_total`, 
 duration and cost histograms) are made once, at the first finalization; turn latencies
 are a multiset, so only turns not observed before are added. The memory of
 contributions is bounded (LRU); a call reopened after it was forgotten, or after a
-restart (when every counter starts again from zero), adds its totals again.
+restart, is first remembered from its state as it was final (`on_reopen`), so it too adds
+only the difference (the process before counted the rest).
 
 Label values pass allowlists (`labels.py`); the tenant (resource attribute
 `metrics.tenant_attribute`) is capped at `metrics.max_tenants` values, later ones `other`.
@@ -26,6 +27,7 @@ from collections import Counter as Multiset
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -115,6 +117,19 @@ class CallMetrics(Stage):
             add(("errors", layer), n)
         return c
 
+    def on_reopen(self, state: CallState, envelope: Callable[[], dict[str, Any]]) -> None:
+        """A final call this process never counted (it was final before a restart) reopens: remember what its
+        final revision already added to the counters of the process before, so only the difference is added."""
+        if state.call_id in self.remembered:
+            return
+        env = envelope()
+        out = outcome(state, env, self.cfg.tenant_attribute)
+        prev = Contribution(self.tenants(out.tenant_raw), self._counters(env, out), Multiset(top_side(state).ttfb_ms),
+                            out.disconnect_reason is not None)
+        self.remembered[state.call_id] = prev
+        if len(self.remembered) > MAX_REMEMBERED_CALLS:
+            self.remembered.popitem(last=False)
+
     def on_final(self, state: CallState, envelope: dict[str, Any]) -> None:
         out = outcome(state, envelope, self.cfg.tenant_attribute)
         prev = self.remembered.get(state.call_id)
@@ -128,7 +143,8 @@ class CallMetrics(Stage):
             self.remembered.move_to_end(state.call_id)
         tenant = prev.tenant
         for key, value in self._counters(envelope, out).items():
-            delta = value - prev.counters.get(key, 0.0)
+            # in decimal: 0.01775 - 0.01275 adds 0.005, not 0.004999999999999999
+            delta = float(Decimal(str(value)) - Decimal(str(prev.counters.get(key, 0.0))))
             if delta > 0:
                 self._families[key[0]].labels(tenant, *key[1:]).inc(delta)
                 prev.counters[key] = value

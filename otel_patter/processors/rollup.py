@@ -75,6 +75,8 @@ class RollupProcessor:
         # again; the rest (metrics, waiters) run after
         self.before_final: list[Callable[[CallState, dict[str, Any]], None]] = []
         self.on_final: list[Callable[[CallState, dict[str, Any]], None]] = []
+        # a final call is about to change: (state, its final envelope as it stands, built only when asked for)
+        self.on_reopen: list[Callable[[CallState, Callable[[], dict[str, Any]]], None]] = []
         self._before_done: dict[str, int] = {}  # call id -> revision whose before_final hooks ran (finalize retries)
         self.ready = False
         # finalization without looking at every call every tick: a heap of (when to look again, call id), and the
@@ -230,9 +232,7 @@ class RollupProcessor:
                 state = self.calls[cid] = CallState(cid, plan.reldirs[cid])
                 state.last_write = now  # its first envelope ENVELOPE_DEBOUNCE_S from now (or when it is final)
             if state.final:
-                state.final = False
-                state.final_reason = None
-                state.revision += 1
+                self._reopen(state)
             self._touched.add(cid)
             add, learn = state.add, self._learn_trace
             for rec in recs:
@@ -378,6 +378,17 @@ class RollupProcessor:
             if not fut.done():
                 fut.set_result(None)
 
+    def _reopen(self, state: CallState) -> None:
+        """A final call takes a late span or report: its next revision starts."""
+        for hook in self.on_reopen:
+            try:
+                hook(state, lambda: self.envelope(state))
+            except Exception:  # an output's bug must not stop ingest
+                log.exception("reopen hook failed", extra={"call_id": state.call_id})
+        state.final = False
+        state.final_reason = None
+        state.revision += 1
+
     @staticmethod
     def _run_hooks(hooks: list[Callable[[CallState, dict[str, Any]], None]], state: CallState,
                    envelope: dict[str, Any]) -> None:
@@ -442,9 +453,7 @@ class RollupProcessor:
         if state is None:
             state = self.calls[cid] = CallState(cid, reldir)
         elif state.final:
-            state.final = False
-            state.final_reason = None
-            state.revision += 1
+            self._reopen(state)
         self.calls.setdefault(cid, state)
         apply_report(state, report, self.cfg.sdk_ingest.tolerance_usd)
         self._touched.add(cid)  # its deadline may have moved (tick)
