@@ -40,6 +40,7 @@ import hashlib
 import hmac
 import ipaddress
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -416,6 +417,12 @@ class PiiProcessor(Stage):
         clean = self._clean
         if s in clean:
             return s, 0
+        if not s.isascii():  # fullwidth and other compatibility forms of digits, `+`, `@` (NFKC folds them)
+            folded = unicodedata.normalize("NFKC", s)
+            if folded != s and self._precheck.search(folded) is not None:
+                scrubbed, n = self._scrub(folded)
+                if n:  # the folded form, scrubbed (a partly folded mask would keep digits of the original)
+                    return scrubbed, n
         if self._precheck.search(s) is None:
             n = 0
         else:
@@ -675,8 +682,9 @@ class PiiProcessor(Stage):
         def clean_str(v: str, d: int = _SCRUB) -> bool:
             if not v or v in clean or (d == _IDKEY and _ID_VALUE.fullmatch(v)):
                 return True
-            if precheck.search(v) is not None:
-                return False  # maybe something to scrub: the full pass decides (and counts)
+            if precheck.search(v) is not None or (not v.isascii() and precheck.search(
+                    unicodedata.normalize("NFKC", v)) is not None):
+                return False  # maybe something to scrub (in any width): the full pass decides (and counts)
             if len(v) <= _CLEAN_MAX_LEN:  # as _scrub_str caches it
                 if len(clean) >= _CLEAN_CACHE_MAX:
                     clean.clear()

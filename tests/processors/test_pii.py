@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import unicodedata
 import urllib.parse
 from collections import Counter
 from typing import Any
@@ -21,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from otel_patter.component import TraceBatch
 from otel_patter.config import PiiConfig
 from otel_patter.processors.pii import REDACTED_COUNT_KEY, PiiProcessor
-from otel_patter.spans import attrs_dict
+from otel_patter.spans import attrs_dict, flatten
 from tests.otlp import T0, av, recorded_call, request, span
 
 CALL = "CA0123456789abcdef0123456789abcdef"
@@ -643,6 +644,31 @@ def test_hash_only_scrubbing_is_idempotent(text: str) -> None:
     assert p.scrub_text(once) == once
 
 
+@pytest.mark.parametrize("text,expected", [
+    ("call me at \uff0b\uff11 \uff14\uff11\uff15 \uff15\uff15\uff15 \uff12\uff16\uff17\uff11 please",
+     "call me at ***2671 please"),  # fullwidth +1 415 555 2671
+    ("card \uff14\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 \uff11\uff11\uff11\uff11 "
+     "\uff11\uff11\uff11\uff11", "card <card>"),
+    ("\uff4a\uff4f\uff48\uff4e\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d",
+     "<email>"),  # john@example.com
+    ("Gr\u00fc\u00dfe aus M\u00fcnchen, \uff12\uff10\uff12\uff16", "Gr\u00fc\u00dfe aus M\u00fcnchen, "
+     "\uff12\uff10\uff12\uff16"),  # nothing personal: left as it was written
+])
+def test_fullwidth_digits_and_signs_are_scrubbed_like_ascii(text: str, expected: str) -> None:
+    assert proc().scrub_text(text) == expected
+
+
+def test_a_fullwidth_email_on_a_span_takes_the_full_pass_not_the_fast_path() -> None:
+    email = "\uff4a\uff4f\uff48\uff4e\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d"
+    req = request([span("getpatter.stt", {"patter.call.id": CALL, "http.url": f"mailto:{email}"})])
+    batch = TraceBatch(request=req)
+    batch.records = list(flatten(req))
+    p = proc()
+    if p.consume_flat(batch):  # the fast path found nothing to do: it must not have looked away
+        raise AssertionError("a fullwidth email passed the fast path")
+    assert attrs_dict(req.resource_spans[0].scope_spans[0].spans[0].attributes)["http.url"] == "mailto:<email>"
+
+
 SEVEN_DIGITS = re.compile(r"\d(?:[^\dA-Za-z]{0,3}\d){6}")  # 7 digits, at most 3 separators between neighbours
 no_pii_chars = st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="@%"),
                          st.sampled_from("0123456789 -.()/+:_abcdefABCDEF"))
@@ -651,7 +677,8 @@ no_pii_chars = st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_c
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=no_pii_chars, max_size=300))
 def test_text_without_digit_runs_at_signs_or_tokens_is_unchanged(text: str) -> None:
-    assume(not SEVEN_DIGITS.search(text) and not TOKENISH.search(text))
+    folded = unicodedata.normalize("NFKC", text)  # fullwidth digits and signs count as what they fold to
+    assume(not SEVEN_DIGITS.search(folded) and not TOKENISH.search(folded) and not {"@", "%"} & set(folded))
     p = proc()
     assert p.scrub_text(text) == text
     assert p.counts == Counter()
