@@ -626,13 +626,19 @@ class PiiProcessor(Stage):
             setattr(msg, field, new)
         return n
 
+    def _scrub_scope(self, scope: Any) -> None:
+        """An instrumentation scope: its name and version are free text too, and its attributes."""
+        self._scrub_field(scope, "name")
+        self._scrub_field(scope, "version")
+        self._scrub_attrs(scope.attributes)
+
     # -- signals -----------------------------------------------------------------------------------
     def consume(self, batch: TraceBatch) -> None:
         """Scrub every resource, scope, span, event and link of `batch.request` in place."""
         for rs in batch.request.resource_spans:
             self._scrub_attrs(rs.resource.attributes)
             for ss in rs.scope_spans:
-                self._scrub_attrs(ss.scope.attributes)
+                self._scrub_scope(ss.scope)
                 for span in ss.spans:
                     n = self._scrub_attrs(span.attributes)
                     n += self._scrub_field(span, "name")
@@ -710,13 +716,18 @@ class PiiProcessor(Stage):
                     return False
             return True
 
+        for rs in batch.request.resource_spans:  # scope versions are not on the records (names are)
+            for ss in rs.scope_spans:
+                if ss.scope.version and not clean_str(ss.scope.version):
+                    return False
         resources: set[int] = set()
         for rec in records:
             if id(rec.resource) not in resources:
                 if not clean_attrs(rec.resource):
                     return False
                 resources.add(id(rec.resource))
-            if not clean_attrs(rec.attrs) or not clean_str(rec.name) or not clean_str(rec.status_message):
+            if not clean_attrs(rec.attrs) or not clean_str(rec.name) or not clean_str(rec.status_message) \
+                    or not clean_str(rec.scope):
                 return False
             for ev in rec.events:
                 if not clean_str(ev["name"]) or not clean_attrs(ev["attrs"]):
@@ -728,7 +739,7 @@ class PiiProcessor(Stage):
         for rl in req.resource_logs:
             self._scrub_attrs(rl.resource.attributes)
             for sl in rl.scope_logs:
-                self._scrub_attrs(sl.scope.attributes)
+                self._scrub_scope(sl.scope)
                 for lr in sl.log_records:
                     if lr.HasField("body"):
                         lr.ClearField("body")
@@ -738,12 +749,15 @@ class PiiProcessor(Stage):
                         self._scrub_field(lr, "event_name")
 
     def scrub_metrics(self, req: ExportMetricsServiceRequest) -> None:
-        """Scrub resource, scope, data point and exemplar attributes in place."""
+        """Scrub resource, scope (name, version, attributes), metric names, data point and exemplar attributes
+        in place."""
         for rm in req.resource_metrics:
             self._scrub_attrs(rm.resource.attributes)
             for sm in rm.scope_metrics:
-                self._scrub_attrs(sm.scope.attributes)
+                self._scrub_scope(sm.scope)
                 for metric in sm.metrics:
+                    for field in ("name", "description", "unit"):  # names are free text an app chooses
+                        self._scrub_field(metric, field)
                     kind = metric.WhichOneof("data")
                     if kind is None:
                         continue

@@ -669,6 +669,26 @@ def test_a_fullwidth_email_on_a_span_takes_the_full_pass_not_the_fast_path() -> 
     assert attrs_dict(req.resource_spans[0].scope_spans[0].spans[0].attributes)["http.url"] == "mailto:<email>"
 
 
+def test_scope_names_and_versions_are_scrubbed_on_every_signal() -> None:
+    traces = request([span("getpatter.llm", {"patter.call.id": CALL})])
+    traces.resource_spans[0].scope_spans[0].scope.name = "support-line +1 415 555 2671"
+    traces.resource_spans[0].scope_spans[0].scope.version = "build for jane.doe@example.com"
+    batch = TraceBatch(request=traces)
+    batch.records = list(flatten(traces))
+    p = proc()
+    assert not p.consume_flat(batch)
+    scope = traces.resource_spans[0].scope_spans[0].scope
+    assert (scope.name, scope.version) == ("support-line ***2671", "build for <email>")
+
+    metrics = ExportMetricsServiceRequest()
+    sm = metrics.resource_metrics.add().scope_metrics.add()
+    sm.scope.name = "tel:+14155552671"
+    m = sm.metrics.add(name="calls_to_+14155552671", description="calls from jane.doe@example.com", unit="1")
+    m.sum.data_points.add(as_int=1)
+    p.scrub_metrics(metrics)
+    assert (sm.scope.name, m.name, m.description) == ("tel:***2671", "calls_to_***2671", "calls from <email>")
+
+
 SEVEN_DIGITS = re.compile(r"\d(?:[^\dA-Za-z]{0,3}\d){6}")  # 7 digits, at most 3 separators between neighbours
 no_pii_chars = st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="@%"),
                          st.sampled_from("0123456789 -.()/+:_abcdefABCDEF"))
