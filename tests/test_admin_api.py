@@ -273,3 +273,24 @@ def test_the_openapi_document_lists_exactly_the_routes_served(slow_idle: ServerP
     served = {(r.resource.canonical, r.method) for r in app.router.routes() if r.method != "HEAD"}
     assert documented == served
     assert "security" not in doc  # no admin.auth_token on this server
+
+
+def test_listing_many_open_calls_lets_other_requests_in_between(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.otlp import request
+
+    p = InProcess(tmp_path)
+    for i in range(500):  # building each open call's envelope takes a while: 500 take far longer than one slice
+        p.pipeline.consume_traces(request(turn_spans(call_id(9000 + i), [500.0, 620.0]), resource()), "test")
+    admin = AdminServer("127.0.0.1:0", p.pipeline)
+
+    async def list_while_an_ack_waits() -> tuple[int, bool]:
+        listing = asyncio.create_task(admin._all_calls())
+        await asyncio.sleep(0)  # the listing starts and holds the loop for its first slice
+        ack_saw_listing_done = listing.done()  # where an OTLP request would be answered
+        return len(await listing), ack_saw_listing_done
+
+    listed, listing_was_done = asyncio.run(list_while_an_ack_waits())
+    assert listed == 500
+    assert not listing_was_done

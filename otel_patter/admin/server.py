@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from aiohttp import web
@@ -36,6 +37,7 @@ from otel_patter.receivers.security import server_ssl_context
 log = logging.getLogger("otel_patter.admin")
 PAGE_CALLS = 50  # calls on the page at /
 LIST_RECHECK_S = 1.0  # a list wait re-reads the calls at least this often (a reopened call, a new match)
+LIST_SLICE_S = 0.005  # building the call list holds the event loop at most this long at a time (acks go first)
 
 __all__ = ["MAX_WAIT_S", "AdminServer", "filter_calls", "parse_since"]
 
@@ -98,14 +100,24 @@ class AdminServer:
     async def openapi_doc(self, _: web.Request) -> web.Response:
         return web.json_response(self.openapi)
 
+    async def _all_calls(self) -> list[dict[str, Any]]:
+        """Every call's envelope, built in slices with the event loop let go in between."""
+        out: list[dict[str, Any]] = []
+        slice_end = time.perf_counter() + LIST_SLICE_S
+        for env in self.pipeline.rollup.iter_calls():
+            out.append(env)
+            if time.perf_counter() >= slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.perf_counter() + LIST_SLICE_S
+        return out
+
     async def list_calls(self, request: web.Request) -> web.Response:
         """Filtered, paged; with wait=final, once at least `min_count` calls match and all of them are final."""
         try:
             query = CallsQuery.parse(request.query)
         except QueryError as e:
             return _bad(str(e))
-        rollup = self.pipeline.rollup
-        matches = query.select(rollup.list_calls())
+        matches = query.select(await self._all_calls())
         if query.wait:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + query.timeout
@@ -119,7 +131,7 @@ class AdminServer:
                 finals = self._finals
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finals.wait(), min(remaining, LIST_RECHECK_S))
-                matches = query.select(rollup.list_calls())
+                matches = query.select(await self._all_calls())
         calls, cursor = query.page(matches)
         return web.json_response({"calls": calls, "count": len(calls), "next_cursor": cursor, "units": UNITS})
 
@@ -153,7 +165,7 @@ class AdminServer:
         return web.json_response(env, status=202 if env["status"] == "in_progress" else 200)
 
     async def index_page(self, _: web.Request) -> web.Response:
-        calls = filter_calls(self.pipeline.rollup.list_calls(), limit=PAGE_CALLS)
+        calls = filter_calls(await self._all_calls(), limit=PAGE_CALLS)
         return web.Response(text=page.render_index(calls, limit=PAGE_CALLS), content_type="text/html",
                             headers=page.SECURITY_HEADERS)
 

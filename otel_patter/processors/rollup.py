@@ -18,7 +18,7 @@ import heapq
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -574,14 +574,14 @@ class RollupProcessor:
             return None
         return self.envelope(state)
 
-    def list_calls(self) -> list[dict[str, Any]]:
-        out = []
-        for cid, entry in self.index.items():
+    def iter_calls(self) -> Iterator[dict[str, Any]]:
+        """Every call's envelope (built for calls in memory, read from disk for evicted ones), one at a time, so
+        a caller on the event loop can let requests in between (10k open calls take seconds to build)."""
+        for cid, entry in list(self.index.items()):
             state = self.calls.get(cid)
             if state is not None:
-                out.append(self.envelope(state))
-            else:
+                yield self.envelope(state)
+            elif entry.get("dir"):
                 env = self.store.read_envelope(entry["dir"])
                 if env is not None:
-                    out.append(env)
-        return out
+                    yield env
