@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ class ServerProc:
         self.env.update(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.stderr_path = root / "server.log"
+        self.admin_token: str | None = None  # sent as a bearer token on admin requests when set
+        self.ssl_context: ssl.SSLContext | None = None  # the admin port speaks HTTPS when set
 
     @property
     def grpc_endpoint(self) -> str:
@@ -61,7 +64,7 @@ class ServerProc:
 
     @property
     def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://127.0.0.1:{self.admin_port}"
 
     def start(self, timeout: float = 20.0) -> ServerProc:
         err = open(self.stderr_path, "ab")  # noqa: SIM115 - the child owns it
@@ -83,9 +86,12 @@ class ServerProc:
     def logs(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
-    def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
+    def _open(self, req: urllib.request.Request, timeout: float) -> tuple[int, Any]:
+        """(status, JSON body or raw bytes) of one admin request, with the token and TLS context if set."""
+        if self.admin_token:
+            req.add_header("Authorization", f"Bearer {self.admin_token}")
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as r:
                 body = r.read()
                 return r.status, json.loads(body) if r.headers.get_content_type() == "application/json" else body
         except urllib.error.HTTPError as e:
@@ -95,13 +101,11 @@ class ServerProc:
             except ValueError:
                 return e.code, body
 
+    def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
+        return self._open(urllib.request.Request(self.admin_url + path), timeout)
+
     def post(self, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(self.admin_url + path, method="POST", data=b"")
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+        return self._open(urllib.request.Request(self.admin_url + path, method="POST", data=b""), 30)
 
     def wait_final(self, call_id: str, timeout: float = 30.0) -> dict[str, Any]:
         from urllib.parse import quote

@@ -21,8 +21,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,30 +68,8 @@ class TlsServer(ServerProc):
         deep_merge(base, config)
         super().__init__(root, base, env)
         self.pki = pki
-        self.ctx = pki.client_context()
-
-    @property
-    def admin_url(self) -> str:
-        return f"https://127.0.0.1:{self.admin_port}"
-
-    def _open(self, req: urllib.request.Request, timeout: float) -> tuple[int, Any]:
-        req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout, context=self.ctx) as r:
-                body = r.read()
-                return r.status, json.loads(body) if r.headers.get_content_type() == "application/json" else body
-        except urllib.error.HTTPError as e:
-            body = e.read()
-            try:
-                return e.code, json.loads(body)
-            except ValueError:
-                return e.code, body
-
-    def get(self, path: str, timeout: float = 30.0) -> tuple[int, Any]:
-        return self._open(urllib.request.Request(self.admin_url + path), timeout)
-
-    def post(self, path: str) -> tuple[int, Any]:
-        return self._open(urllib.request.Request(self.admin_url + path, method="POST", data=b""), 30)
+        self.ssl_context = pki.client_context()
+        self.admin_token = ADMIN_TOKEN
 
 
 @pytest.fixture(autouse=True)
@@ -227,9 +203,9 @@ def test_otlp_http_answers_401_with_a_challenge_and_never_plaintext(locked: TlsS
     ct = {"Content-Type": "application/x-protobuf"}
     for auth in (None, f"Bearer {WRONG_TOKEN}", OTLP_TOKEN, f"bearer {OTLP_TOKEN} x", "Basic Og=="):
         headers = {**ct, **({"Authorization": auth} if auth else {})}
-        code, h, _ = _https(locked.http_port, locked.ctx, "POST", "/v1/traces", body, headers)
+        code, h, _ = _https(locked.http_port, locked.ssl_context, "POST", "/v1/traces", body, headers)
         assert code == 401 and h["www-authenticate"].startswith("Bearer"), auth
-    code, _, _ = _https(locked.http_port, locked.ctx, "POST", "/v1/traces", body,
+    code, _, _ = _https(locked.http_port, locked.ssl_context, "POST", "/v1/traces", body,
                         {**ct, "Authorization": f"Bearer {OTLP_TOKEN}"})
     assert code == 200
     with pytest.raises((OSError, http.client.HTTPException)):  # plain HTTP to the TLS port
@@ -249,12 +225,12 @@ def test_a_client_without_a_certificate_of_our_ca_cannot_even_connect(locked: Tl
 
 
 def test_the_admin_port_speaks_tls_and_wants_the_token(locked: TlsServer) -> None:
-    assert _https(locked.admin_port, locked.ctx, "GET", "/readyz")[0] == 200  # probes: open, but over TLS
+    assert _https(locked.admin_port, locked.ssl_context, "GET", "/readyz")[0] == 200  # probes: open, but over TLS
     for path in ("/api/v1/calls", "/metrics", "/", "/api/v1/openapi.json"):
-        assert _https(locked.admin_port, locked.ctx, "GET", path)[0] == 401, path
-        assert _https(locked.admin_port, locked.ctx, "GET", path,
+        assert _https(locked.admin_port, locked.ssl_context, "GET", path)[0] == 401, path
+        assert _https(locked.admin_port, locked.ssl_context, "GET", path,
                       headers={"Authorization": f"Bearer {WRONG_TOKEN}"})[0] == 401, path
-        assert _https(locked.admin_port, locked.ctx, "GET", path,
+        assert _https(locked.admin_port, locked.ssl_context, "GET", path,
                       headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})[0] == 200, path
 
 
@@ -443,7 +419,8 @@ def test_no_secret_in_logs_metrics_check_config_api_page_or_files(locked: TlsSer
             finally:
                 exp.shutdown()
         assert locked.post(f"/api/v1/calls/CA-secrets-{protocol}/finalize")[0] == 200
-    _https(locked.admin_port, locked.ctx, "GET", "/api/v1/calls", headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
+    _https(locked.admin_port, locked.ssl_context, "GET", "/api/v1/calls",
+           headers={"Authorization": f"Bearer {WRONG_TOKEN}"})
     downstream.wait(lambda: any(r.headers.get("x-honeycomb-team") == FORWARD_SECRET for r in downstream.received))
 
     shown: dict[str, str] = {}
