@@ -955,6 +955,12 @@ def _endpoint_problem(s: str) -> str | None:
     return None
 
 
+def split_endpoint(endpoint: str, default_host: str = "localhost") -> tuple[str, int]:
+    """`host:port` / `[v6]:port` (validated by the config loader) -> (host without brackets, port)."""
+    host, _, port = endpoint.rpartition(":")
+    return host.strip("[]") or default_host, int(port)
+
+
 def _infer_protocol(endpoint: str) -> str:
     """`http` when the URL says so (port 4318, or a path such as /v1/traces); else `grpc`."""
     try:

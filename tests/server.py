@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -17,11 +16,7 @@ from typing import Any
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from otel_patter.bench import free_port  # one loopback port picker for the bench and the tests
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

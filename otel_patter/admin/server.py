@@ -32,6 +32,7 @@ from otel_patter.admin.query import (
     parse_since,
     parse_wait,
 )
+from otel_patter.config import split_endpoint
 from otel_patter.receivers.security import server_ssl_context
 
 log = logging.getLogger("otel_patter.admin")
@@ -48,9 +49,7 @@ def _bad(message: str) -> web.Response:
 
 class AdminServer:
     def __init__(self, endpoint: str, pipeline: Any) -> None:
-        self.host, _, port = endpoint.rpartition(":")
-        self.host = self.host.strip("[]") or "localhost"
-        self.requested_port = int(port)
+        self.host, self.requested_port = split_endpoint(endpoint)
         self.pipeline = pipeline
         self.runner: web.AppRunner | None = None
         self.port = 0

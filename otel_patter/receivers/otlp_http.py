@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otel_patter.config import Endpoint
+from otel_patter.config import Endpoint, split_endpoint
 from otel_patter.memlimit import Hold, MemoryLimiter
 from otel_patter.receivers.decode import (
     JSON,
@@ -70,9 +70,7 @@ class _BodyTimeout(Exception):
 class OtlpHttpReceiver:
     def __init__(self, endpoint: str, pipeline: Any, max_request_bytes: int, *, listener: Endpoint | None = None,
                  read_timeout: float = 30.0) -> None:
-        self.host, _, port = endpoint.rpartition(":")
-        self.host = self.host.strip("[]") or "localhost"
-        self.requested_port = int(port)
+        self.host, self.requested_port = split_endpoint(endpoint)
         self.pipeline = pipeline
         self.max_request_bytes = max_request_bytes
         self.read_timeout = read_timeout

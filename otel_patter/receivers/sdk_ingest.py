@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from otel_patter.config import split_endpoint
 from otel_patter.receivers.decode import Unavailable
 
 log = logging.getLogger("otel_patter.receivers.sdk_ingest")
@@ -43,9 +44,7 @@ def _answer(status: int, body: dict[str, Any], retry_after: float | None = None)
 class SdkIngestReceiver:
     def __init__(self, endpoint: str, pipeline: Any, max_body_bytes: int) -> None:
         self.endpoint = endpoint
-        self.host, _, port = endpoint.rpartition(":")
-        self.host = self.host.strip("[]") or "127.0.0.1"
-        self.requested_port = int(port)
+        self.host, self.requested_port = split_endpoint(endpoint, "127.0.0.1")
         self.pipeline = pipeline
         self.max_body_bytes = max_body_bytes
         self.runner: web.AppRunner | None = None
