@@ -355,7 +355,7 @@ class RollupProcessor:
         try:
             envelope = self.envelope(state)
             if self._before_done.get(state.call_id) != state.revision:  # not again on a finalize retry
-                self._run_hooks(self.before_final, state, envelope)
+                self._run_hooks(self.before_final, state, envelope, durable=True)
                 self._before_done[state.call_id] = state.revision
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
@@ -391,13 +391,14 @@ class RollupProcessor:
 
     @staticmethod
     def _run_hooks(hooks: list[Callable[[CallState, dict[str, Any]], None]], state: CallState,
-                   envelope: dict[str, Any]) -> None:
+                   envelope: dict[str, Any], durable: bool = False) -> None:
+        """`durable`: a StoreError fails the finalization (it is retried); otherwise nothing a hook raises does."""
         for hook in hooks:
             try:
                 hook(state, envelope)
-            except StoreError:
-                raise
-            except Exception:  # an output's bug must not stop finalization (waiters, other hooks)
+            except Exception as e:  # an output's bug must not stop finalization (waiters, other hooks)
+                if durable and isinstance(e, StoreError):
+                    raise
                 log.exception("finalization hook failed", extra={"call_id": state.call_id})
 
     def envelope(self, state: CallState) -> dict[str, Any]:
