@@ -83,7 +83,7 @@ class Pipeline:
         self.wal = SpanWal(self.store, self.metrics)
         self.forward = Forwarder(cfg, self.metrics)
         self.call_metrics = CallMetrics(cfg.metrics, self.metrics.registry, self.rollup.book,
-                                        lambda: sum(1 for s in self.rollup.calls.values() if not s.final))
+                                        self.rollup.open_calls)
         self.rollup.before_final.append(self.forward.on_final)  # the summary span: queued before final on disk
         self.rollup.on_final.append(self.call_metrics.on_final)
         self.rollup.on_reopen.append(self.call_metrics.on_reopen)  # after a restart: count only the difference
@@ -119,6 +119,8 @@ class Pipeline:
     def readiness(self) -> dict[str, str]:
         return {
             "rollup": "ok" if self.rollup.ready else "recovering",
+            # ready meanwhile: a call a request touches is loaded first
+            **({"recovery": f"loading {self.rollup.calls_loading} open calls"} if self.rollup.recovering else {}),
             "store": "ok" if self.store.error is None else f"failing: {self.store.error}",
             **({"memory": self.memory.status()} if self.memory.enabled else {}),  # refuses, never unready
             **self.forward.readiness(),  # a failing downstream is reported but never makes us unready

@@ -12,12 +12,16 @@ from tests.otlp import request
 
 
 class InProcess:
-    def __init__(self, log_dir: Path, **config: Any) -> None:
+    def __init__(self, log_dir: Path, *, recover: bool = True, **config: Any) -> None:
+        """`recover=False`: only begin the recovery (as `serve` does before it is ready); the test steps it."""
         overrides = {"store.log_dir": str(log_dir)}
         overrides.update(config)
         self.pipeline = Pipeline(load_config(None, env={}, overrides=overrides))
         asyncio.run(self.pipeline.store.start())
-        self.pipeline.rollup.recover()
+        if recover:
+            self.pipeline.rollup.recover()
+        else:
+            self.pipeline.rollup.begin_recovery()
         self.pipeline.rollup.ready = True
 
     def send(self, spans: list, resource: dict[str, Any] | None = None) -> ExportResult:

@@ -6,6 +6,11 @@ and leaves a `WritePlan` on the batch; the store makes the plan durable; `apply(
 then folds the spans into per-call aggregates. `tick()` finalizes calls on their
 signals (0.6 root span end, hang-up usage, a finalize request) or on idle.
 
+After a restart the service is ready at once: open calls are replayed from their WALs in
+the background (`recover_step`), and any call a request touches is replayed first
+(`_state`), so every answer is exact while the rest load. Nothing is finalized before
+the last one is back (a span of an unloaded call's trace may still be waiting in pending).
+
 Call identity (DESIGN.md "Call identity"): `patter.call_id`, `patter.call.id`,
 `getpatter.call.id` on the span, then on the resource, then another span of the same
 trace. Never the trace alone: 0.7.0 starts a new trace for most top-level spans.
@@ -14,6 +19,7 @@ trace. Never the trace alone: 0.7.0 starts a new trace for most top-level spans.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -33,6 +39,7 @@ from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.spans import SpanRecord
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError, parse_iso
 from otel_patter.store.paths import relative_call_dir, valid_call_id
+from otel_patter.store.span_wal import write_plan
 
 log = logging.getLogger("otel_patter.rollup")
 
@@ -41,6 +48,8 @@ TRACE_MAP_MAX = 200_000
 EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
+RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
+RECOVER_RETRY_S = 1.0  # the store failed while recovery wrote resolved pending spans: try again this much later
 
 
 @dataclass(slots=True)
@@ -85,17 +94,32 @@ class RollupProcessor:
         self._touched: set[str] = set()
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
+        # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set)
+        self._unloaded: dict[str, None] = {}
+        self.recovering = False
+        self._recovery: asyncio.Task[None] | None = None
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
 
     def open_calls(self) -> int:
-        return sum(1 for s in self.calls.values() if not s.final)
+        return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded)
+
+    @property
+    def calls_loading(self) -> int:
+        """Open calls still to be replayed from disk after a restart."""
+        return len(self._unloaded)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        self.recover()
-        self.ready = True
+        self.begin_recovery()
+        self.ready = True  # ingest and queries are exact while open calls load (see the module docstring)
+        if self.recovering:
+            self._recovery = asyncio.create_task(self._recover_in_background(), name="otel-patter-recover")
 
     async def shutdown(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
         self.flush_envelopes(force=True)
 
     # -- identity ------------------------------------------------------------------------------
@@ -143,6 +167,8 @@ class RollupProcessor:
         """The call in memory, reloaded from its WAL if it was evicted after finalization."""
         state = self.calls.get(call_id)
         if state is None and call_id in self.index:
+            if call_id in self._unloaded:
+                return self._recover_call(call_id)
             state = self._load(call_id, self.index[call_id])
         return state
 
@@ -315,7 +341,7 @@ class RollupProcessor:
                 heapq.heappush(heap, (self._deadline(state)[0], cid))
         self._touched.clear()
         due: set[str] = set()
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and not self.recovering:
             _, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
             if state is None or state.final or cid in due:
@@ -533,40 +559,81 @@ class RollupProcessor:
         self.calls[call_id] = state
         return state
 
-    def recover(self) -> None:
-        """Rebuild open calls and pending spans from disk: results equal an uninterrupted run."""
+    def begin_recovery(self) -> None:
+        """Read the index and the pending log; open calls are replayed later (`recover_step`, or on demand)."""
         self.index = self.store.read_index()
-        now = self.clock()
-        for cid, entry in self.index.items():
-            if entry.get("open", True):
-                state = self._load(cid, entry)
-                if state is not None:
-                    # a restart is not silence: give every open call a full idle window again
-                    for g in state.groups.values():
-                        g.last_arrival = max(g.last_arrival, now)
-                    if state.sdk is not None:
-                        state.sdk.last_arrival = max(state.sdk.last_arrival, now)
-                    state.dirty = True
-                    self._touched.add(cid)
+        self._unloaded = {cid: None for cid, entry in self.index.items() if entry.get("open", True)}
         self.store.compact_index(self.index)
-        batch = TraceBatch(request=None)  # type: ignore[arg-type]
+        now = self.clock()
         for line in self.store.read_pending():
             try:
                 rec = SpanRecord.from_json(line["data"])
             except (KeyError, TypeError, ValueError):
                 continue
-            batch.records.append(rec)
-        if batch.records:
-            batch.arrival = now
-            self.assign(batch)
-            plan: WritePlan = batch.plan
-            for cid, recs in plan.by_call.items():
-                self.store.append_wal(plan.reldirs[cid], [
-                    EnvelopeStore.wal_line(r.to_json(), r.side, now) for r in recs])
-            self.store.append_index(plan.index)
-            self.apply(batch)
+            self.pending.setdefault(rec.trace_id, []).append((rec, now))
             self._pending_dirty = True
-        self.metrics.calls_open.set(sum(1 for s in self.calls.values() if not s.final))
+        self.recovering = True
+
+    def recover_step(self, budget_s: float | None = None) -> bool:
+        """Replay open calls for at most `budget_s` (all with None); True once every call is back and the
+        pending spans their traces resolve are counted. Raises StoreError when writing those fails."""
+        stop_at = None if budget_s is None else time.perf_counter() + budget_s
+        unloaded = self._unloaded
+        while unloaded:
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                return False
+            self._recover_call(next(iter(unloaded)))
+        if self.recovering:
+            self._resolve_pending()
+            self.recovering = False
+            log.info("recovered open calls", extra={"calls": self.open_calls()})
+        return True
+
+    def recover(self) -> None:
+        """Rebuild open calls and pending spans from disk at once: results equal an uninterrupted run."""
+        self.begin_recovery()
+        self.recover_step()
+
+    async def _recover_in_background(self) -> None:
+        while True:
+            try:
+                if self.recover_step(RECOVER_SLICE_S):
+                    return
+            except StoreError as e:
+                self.metrics.store_errors.labels("recover").inc()
+                log.warning("recovery could not write resolved pending spans; will retry: %s", e.strerror)
+                await asyncio.sleep(RECOVER_RETRY_S)
+            await asyncio.sleep(0)  # requests in between: ingest goes on while calls load
+
+    def _recover_call(self, call_id: str) -> CallState | None:
+        """Replay one open call of the index (restart recovery) and give it a full idle window again."""
+        del self._unloaded[call_id]
+        state = self._load(call_id, self.index[call_id])
+        if state is not None:
+            now = self.clock()
+            for g in state.groups.values():  # a restart is not silence
+                g.last_arrival = max(g.last_arrival, now)
+            if state.sdk is not None:
+                state.sdk.last_arrival = max(state.sdk.last_arrival, now)
+            state.dirty = True
+            self._touched.add(call_id)
+        return state
+
+    def _resolve_pending(self) -> None:
+        """Count the pending spans whose trace a replayed call knows (they waited in the pending log over the
+        restart, or arrived while their call was still on disk)."""
+        known = [tid for tid in self.pending if self._trace_call(tid) is not None]
+        if not known:
+            return
+        now = self.clock()
+        batch = TraceBatch(request=None, arrival=now)  # type: ignore[arg-type]
+        batch.records = [rec for tid in known for rec, _arrival in self.pending[tid]]
+        self.assign(batch)
+        write_plan(self.store, batch.plan, now)  # durable first, then counted (raises StoreError)
+        for tid in known:
+            del self.pending[tid]
+        self._pending_dirty = True
+        self.apply(batch)
 
     # -- queries ---------------------------------------------------------------------------------
     def get(self, call_id: str) -> dict[str, Any] | None:
@@ -580,6 +647,8 @@ class RollupProcessor:
         a caller on the event loop can let requests in between (10k open calls take seconds to build)."""
         for cid, entry in list(self.index.items()):
             state = self.calls.get(cid)
+            if state is None and cid in self._unloaded:
+                state = self._recover_call(cid)
             if state is not None:
                 yield self.envelope(state)
             elif entry.get("dir"):

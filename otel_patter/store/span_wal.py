@@ -6,6 +6,8 @@ the call's spans, so recovery always finds a WAL it can attribute.
 
 from __future__ import annotations
 
+from typing import Any
+
 from otel_patter.component import Stage, TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError
@@ -17,15 +19,18 @@ class SpanWal(Stage):
         self.metrics = metrics
 
     def consume(self, batch: TraceBatch) -> None:
-        plan = batch.plan
-        lines = EnvelopeStore.wal_lines
         try:
-            self.store.append_index(plan.index)
-            for cid, recs in plan.by_call.items():  # one append per call per request
-                self.store.append_wal_bytes(plan.reldirs[cid], lines([(r.to_json(), r.side) for r in recs],
-                                                                     batch.arrival))
-            if plan.pending:
-                self.store.append_pending_bytes(lines([(r.to_json(), None) for r in plan.pending], batch.arrival))
+            write_plan(self.store, batch.plan, batch.arrival)
         except StoreError:
             self.metrics.store_errors.labels("wal").inc()
             raise
+
+
+def write_plan(store: EnvelopeStore, plan: Any, arrival: float) -> None:
+    """Append rollup's WritePlan: index entries, then one append per call, then the spans still pending."""
+    lines = EnvelopeStore.wal_lines
+    store.append_index(plan.index)
+    for cid, recs in plan.by_call.items():
+        store.append_wal_bytes(plan.reldirs[cid], lines([(r.to_json(), r.side) for r in recs], arrival))
+    if plan.pending:
+        store.append_pending_bytes(lines([(r.to_json(), None) for r in plan.pending], arrival))

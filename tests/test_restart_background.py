@@ -1,0 +1,112 @@
+"""After a restart the service is ready before its open calls are replayed: they load in the background,
+a call a request touches loads first, and every answer equals the one a full replay would give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.inproc import InProcess
+from tests.otlp import RECORDED_CALL_ID, recorded_call, request, span
+
+CALLS = [f"{RECORDED_CALL_ID}-{i}" for i in range(3)]
+
+
+def _batches(call_id: str) -> list:
+    return recorded_call(call_id, id_salt=call_id.encode())
+
+
+@pytest.fixture
+def log_dir(tmp_path: Path) -> Path:
+    """Three calls whose first three requests (27 of 37 spans) were acknowledged before the process died."""
+    before = InProcess(tmp_path / "log")
+    for cid in CALLS:
+        for req in _batches(cid)[:3]:
+            before.pipeline.consume_traces(req, "grpc")
+    return tmp_path / "log"
+
+
+def _envelope_after_full_replay(log_dir: Path, call_id: str, tmp_path: Path) -> dict:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(log_dir, copy)
+    return InProcess(copy).pipeline.rollup.get(call_id)
+
+
+def test_restart_starts_with_every_open_call_still_on_disk_and_counted_as_open(log_dir: Path) -> None:
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    assert rollup.calls == {}
+    assert rollup.calls_loading == 3
+    assert rollup.open_calls() == 3
+
+
+def test_a_step_with_no_time_left_replays_nothing_and_the_last_step_replays_everything(log_dir: Path) -> None:
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    assert rollup.recover_step(budget_s=0.0) is False
+    assert rollup.calls_loading == 3
+    assert rollup.recover_step() is True
+    assert rollup.calls_loading == 0
+    assert rollup.recovering is False
+    assert sorted(rollup.calls) == CALLS
+    assert [len(rollup.calls[c].seen) for c in CALLS] == [27, 27, 27]
+
+
+def test_a_query_during_recovery_replays_that_call_first(log_dir: Path, tmp_path: Path) -> None:
+    expected = _envelope_after_full_replay(log_dir, CALLS[1], tmp_path)
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    got = rollup.get(CALLS[1])
+    assert got == expected
+    assert got["counts"]["spans"] == 27
+    assert rollup.calls_loading == 2
+
+
+def test_spans_of_an_unloaded_call_during_recovery_count_once_on_top_of_its_wal(log_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    reference = InProcess(tmp_path / "reference")
+    for req in _batches(CALLS[0]):
+        reference.pipeline.consume_traces(req, "grpc")
+    expected = reference.final(CALLS[0])
+
+    restarted = InProcess(log_dir, recover=False)
+    for req in _batches(CALLS[0])[2:]:  # the client retries its last acknowledged request, then goes on
+        restarted.pipeline.consume_traces(req, "grpc")
+    assert restarted.pipeline.rollup.recover_step() is True
+    got = restarted.final(CALLS[0])
+    assert got["counts"] == expected["counts"]
+    assert got["cost"] == expected["cost"]
+    assert got["usage"] == expected["usage"]
+
+
+def test_a_span_without_call_id_of_an_unloaded_calls_trace_waits_and_counts_when_recovery_ends(
+        log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    trace = bytes.fromhex(rollup.store.read_wal(rollup.index[CALLS[2]]["dir"]).__next__()["data"]["trace_id"])
+    child = span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
+                                     "patter.call_id": ""}, trace=trace)
+    restarted.pipeline.consume_traces(request([child]), "grpc")
+    assert trace.hex() in rollup.pending  # its call is still on disk: nobody knows the trace yet
+    rollup.recover_step()
+    assert trace.hex() not in rollup.pending
+    assert rollup.get(CALLS[2])["counts"]["spans"] == 28
+
+
+def test_nothing_is_finalized_until_the_last_open_call_is_back(log_dir: Path) -> None:
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    assert rollup.request_finalize(CALLS[0])
+    rollup.tick()
+    assert rollup.get(CALLS[0])["status"] == "in_progress"
+    rollup.recover_step()
+    rollup.tick()
+    assert rollup.get(CALLS[0])["status"] != "in_progress"
+
+
+def test_the_call_list_during_recovery_has_every_call(log_dir: Path, tmp_path: Path) -> None:
+    expected = _envelope_after_full_replay(log_dir, CALLS[2], tmp_path)
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    listed = {env["call_id"]: env for env in rollup.iter_calls()}
+    assert sorted(listed) == CALLS
+    assert listed[CALLS[2]] == expected
+    assert rollup.calls_loading == 0
