@@ -49,3 +49,13 @@ def test_the_test_run_id_is_rebuilt_from_disk_after_a_crash(tmp_path: Path) -> N
         assert [(c["call_id"], c["status"], c["turns"]) for c in body["calls"]] == [(call_id(4), "in_progress", 2)]
     finally:
         again.stop()
+
+
+def test_turns_count_distinct_turn_indexes_including_ones_past_4095_and_below_zero(tmp_path: Path) -> None:
+    from tests.otlp import span
+
+    proc = InProcess(tmp_path)
+    cid = call_id(4)
+    proc.send([span("getpatter.stt", {"patter.call_id": cid, "patter.side": "uut", "patter.turn.idx": idx})
+               for idx in (0, 1, 1, 63, 64, 4095, 4096, 100_000, -1)])
+    assert proc.final(cid)["turns"] == 8

@@ -23,6 +23,7 @@ FIRST_TOKEN_EVENT = "patter.event.llm_first_token"
 MODEL_KEYS = ("patter.llm.model", "gen_ai.request.model")
 PATTER_SPAN_PREFIXES = ("getpatter.", "patter.")
 TEST_RUN_KEY = "test.run_id"  # resource attribute a test suite sets (OTEL_RESOURCE_ATTRIBUTES) to find its calls
+TURN_BITS = 4096  # turn indexes kept as bits (an int of at most 512 bytes); others in a set
 MAX_TEST_RUN_IDS = 16  # per group: a misbehaving client cannot grow a call without bound
 
 # usage attribute -> (component, provider attribute)
@@ -178,6 +179,9 @@ class GroupAgg:
     empties until their first write (`_NO_LIST`): write through `_list`/`_set`/`_dict`."""
 
     spans: int = 0
+    # turn indexes seen: 0..TURN_BITS-1 as bits of one int (32 bytes for 60 turns, where a set costs 216+),
+    # any other index (never from the SDK) in the set
+    turn_bits: int = 0
     turn_idx: set[int] = _NO_SET
     outer_llm: int = 0
     iter0_llm: int = 0
@@ -287,11 +291,11 @@ class GroupAgg:
         if "patter.turn.idx" in present:
             idx = a["patter.turn.idx"]
             if isinstance(idx, int):
-                self._set("turn_idx").add(idx)
+                self._add_turn(idx)
         for ev in events:
             idx = ev["attrs"].get("patter.turn.idx")
             if isinstance(idx, int):
-                self._set("turn_idx").add(idx)
+                self._add_turn(idx)
         if "patter.latency.ttfb_ms" in present:
             ttfb = float(a["patter.latency.ttfb_ms"])
             self._list("ttfb_ms").append(ttfb)
@@ -326,6 +330,12 @@ class GroupAgg:
         if has_cost and _is_framework_span(rec):
             self.framework_cost_spans += 1
 
+    def _add_turn(self, idx: int) -> None:
+        if 0 <= idx < TURN_BITS:
+            self.turn_bits |= 1 << idx
+        else:
+            self._set("turn_idx").add(idx)
+
     def merge(self, other: GroupAgg) -> None:
         """Fold another group into this one (several instances on one side)."""
         self.spans += other.spans
@@ -337,6 +347,7 @@ class GroupAgg:
         self.errors += other.errors
         self.redactions += other.redactions
         self.framework_cost_spans += other.framework_cost_spans
+        self.turn_bits |= other.turn_bits
         if other.turn_idx:
             self._set("turn_idx").update(other.turn_idx)
         if other.ttfb_ms:
@@ -378,8 +389,9 @@ class GroupAgg:
 
     @property
     def turns(self) -> int:
-        if self.turn_idx:
-            return len(self.turn_idx)
+        distinct = self.turn_bits.bit_count() + len(self.turn_idx)
+        if distinct:
+            return distinct
         if self.outer_llm:
             return self.outer_llm
         if self.iter0_llm:
