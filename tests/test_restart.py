@@ -61,3 +61,24 @@ def test_late_span_reopens_the_call_and_bumps_revision(make_server) -> None:
     assert second["revision"] == first["revision"] + 1
     assert second["usage"]["tts"][0]["chars"] == first["usage"]["tts"][0]["chars"] + 100
     assert second["counts"]["spans"] == first["counts"]["spans"] + 1
+
+
+def test_a_restarted_server_is_ready_and_lists_its_open_calls_with_every_span_once_they_are_replayed(
+        make_server) -> None:
+    import time
+
+    s = make_server(config={"rollup": {"idle_timeout": "1h"}}).start()
+    for i in range(3):
+        _send(s, recorded_call(f"{RECORDED_CALL_ID}-{i}", id_salt=bytes([i]))[:3])
+    s.kill9()
+    s.start()
+    code, ready = s.get("/readyz")
+    assert code == 200 and ready["ready"] is True
+    deadline = time.monotonic() + 20
+    while "recovery" in ready["checks"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        _, ready = s.get("/readyz")
+    assert ready["checks"]["rollup"] == "ok" and "recovery" not in ready["checks"]
+    code, listed = s.get("/api/v1/calls?status=in_progress")
+    assert sorted(c["call_id"] for c in listed["calls"]) == [f"{RECORDED_CALL_ID}-{i}" for i in range(3)]
+    assert [c["counts"]["spans"] for c in listed["calls"]] == [27, 27, 27]

@@ -603,7 +603,8 @@ class RollupProcessor:
             if state.sdk is not None:
                 state.sdk.last_arrival = max(state.sdk.last_arrival, now)
             state.dirty = True
-            self._touched.add(call_id)
+            state.last_write = now  # its envelope is rewritten debounced, like any open call's: a restart with
+            self._touched.add(call_id)  # 10k open calls does not write 10k files while it replays them
         return state
 
     def _resolve_pending(self) -> None:
