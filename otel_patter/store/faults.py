@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from otel_patter.store.envelope_store import FileOps
 
@@ -67,8 +68,8 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def kind_of(path: Path) -> str:
-    return _KINDS.get(path.name, "other")
+def kind_of(path: str | Path) -> str:
+    return _KINDS.get(os.path.basename(path), "other")
 
 
 class FaultyFileOps(FileOps):
@@ -102,7 +103,7 @@ class FaultyFileOps(FileOps):
     def _rule(self, kind: str) -> Rule | None:
         return next((r for r in self._current() if r.matches(kind)), None)
 
-    def _fail(self, rule: Rule, path: Path) -> OSError:
+    def _fail(self, rule: Rule, path: str | Path) -> OSError:
         self.injected += 1
         return OSError(rule.errno, os.strerror(rule.errno), str(path))
 
@@ -114,7 +115,7 @@ class FaultyFileOps(FileOps):
         os.write(fd, data[: len(data) // 2])
         raise OSError(rule.errno, os.strerror(rule.errno))
 
-    def _faulty(self, write: Callable[[Path, bytes], None], path: Path, data: bytes) -> None:
+    def _faulty(self, write: Callable[[Any, bytes], None], path: str | Path, data: bytes) -> None:
         """Run one of FileOps' writes under the rule for this path: fail at once, or (partial) halfway."""
         rule = self._rule(kind_of(path))
         if rule is not None and not rule.partial:
@@ -127,7 +128,7 @@ class FaultyFileOps(FileOps):
         finally:
             self._partial = None
 
-    def append(self, path: Path, data: bytes) -> None:
+    def append(self, path: str | Path, data: bytes) -> None:
         self._faulty(super().append, path, data)
 
     def write_atomic(self, path: Path, data: bytes) -> None:
