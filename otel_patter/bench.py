@@ -13,8 +13,8 @@ What it measures (all in one run, defaults in well under 90 s on a 2-core machin
   counts from the intended send time, so a slow server cannot hide its queue).
 - **CPU**: the server process's own CPU from /proc (every thread), per 1M spans and per span; the
   **floor** is the same payloads in this process: decode only; decode + encode; decode + touch every
-  attribute + encode. `ratio` = server spans per CPU-second / floor (decode+touch+encode) spans per
-  CPU-second.
+  attribute + encode (each the best of FLOOR_ROUNDS rounds). `ratio` = server spans per CPU-second /
+  floor (decode+touch+encode) spans per CPU-second.
 - **cpu_ms_per_call**: a quiet 10-turn call (one side, the SDK's 5 s batches: ~9 spans a request)
   from first span to final envelope, server CPU minus its idle CPU.
 - **memory**: `idle_rss_mb` (ready, no traffic), `rss_bytes_per_active_call` (RSS delta over N open
@@ -60,6 +60,7 @@ HANGUP_KEYS = ("patter.cost.telephony_minutes", "patter.cost.realtime_minutes")
 NOFILE = 1024  # every bench server runs with `ulimit -n 1024`
 SCALE_POINTS = (100, 300, 1000, 3000, 10_000)
 REBUILD_CALLS = 10_000
+FLOOR_ROUNDS = 5  # the floor of each mode: the best of this many rounds
 QUIET_CALLS = 50  # 10-turn calls averaged for cpu_ms_per_call
 LOAD_CALLS_PER_COPY = 80  # calls in one copy of the load traffic (~2,900 spans)
 OPEN_CALLS_PER_COPY = 50  # open calls in one copy of the open-calls traffic
@@ -264,17 +265,22 @@ def measure_floor(bodies: Sequence[bytes], spans: Sequence[int], seconds: float)
     for b in bodies:
         attrs += touch(decode(b))
     out["attributes_per_span"] = round(attrs / max(1, sum(spans)), 2)
+    # the best of FLOOR_ROUNDS rounds: on a shared VM one round of the same loop varies by up to 2x, and the floor
+    # is what the machine can do at best (a slow round would flatter `ratio`)
     for name, fn in modes.items():
-        done = 0
-        start = time.process_time()
-        while True:
-            for b, n in zip(bodies, spans, strict=True):
-                fn(b)
-                done += n
-            used = time.process_time() - start
-            if used >= seconds:
-                break
-        out[f"{name}_spans_per_cpu_second"] = round(done / used)
+        best = 0.0
+        for _ in range(FLOOR_ROUNDS):
+            done = 0
+            start = time.process_time()
+            while True:
+                for b, n in zip(bodies, spans, strict=True):
+                    fn(b)
+                    done += n
+                used = time.process_time() - start
+                if used >= seconds / FLOOR_ROUNDS:
+                    break
+            best = max(best, done / used)
+        out[f"{name}_spans_per_cpu_second"] = round(best)
     return out
 
 
