@@ -85,6 +85,9 @@ class CallMetrics(Stage):
                               registry=r)
         self.disconnects = Counter("patter_disconnects", "Calls by how they ended, when a span says it",
                                    ["tenant", "disconnect_reason"], registry=r)
+        # labelled children by (family, label values): `labels()` takes a lock and builds its key on every call
+        # (17 times a finalization); the cache is bounded as the families are (allowlists, tenant cap)
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._families: dict[str, Counter] = {
             "cost": self.cost, "stt": self.stt_seconds, "tts": self.tts_chars, "llm": self.llm_tokens,
             "telephony": self.telephony_minutes, "errors": self.errors,
@@ -142,21 +145,33 @@ class CallMetrics(Stage):
         else:
             self.remembered.move_to_end(state.call_id)
         tenant = prev.tenant
+        child = self._child
+        before = prev.counters
         for key, value in self._counters(envelope, out).items():
+            counted = before.get(key)
             # in decimal: 0.01775 - 0.01275 adds 0.005, not 0.004999999999999999
-            delta = float(Decimal(str(value)) - Decimal(str(prev.counters.get(key, 0.0))))
+            delta = value if counted is None else float(Decimal(str(value)) - Decimal(str(counted)))
             if delta > 0:
-                self._families[key[0]].labels(tenant, *key[1:]).inc(delta)
-                prev.counters[key] = value
+                child(self._families[key[0]], tenant, *key[1:]).inc(delta)
+                before[key] = value
         turns = Multiset(top_side(state).ttfb_ms)
+        latency = child(self.turn_latency, tenant)
         for v in (turns - prev.turns).elements():
-            self.turn_latency.labels(tenant).observe(v)
+            latency.observe(v)
         prev.turns |= turns
         if out.disconnect_reason is not None and not prev.disconnect_counted:
-            self.disconnects.labels(tenant, out.disconnect_reason).inc()
+            child(self.disconnects, tenant, out.disconnect_reason).inc()
             prev.disconnect_counted = True
 
+    def _child(self, family: Any, *values: str) -> Any:
+        key = (id(family), *values)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = family.labels(*values)
+        return c
+
     def _first_final(self, tenant: str, envelope: dict[str, Any]) -> None:
-        self.calls.labels(tenant, labels.status(envelope.get("status"))).inc()
-        self.duration.labels(tenant).observe(float(envelope.get("duration_ms") or 0.0) / 1000.0)
-        self.call_cost.labels(tenant).observe(float((envelope.get("cost") or {}).get("total") or 0.0))
+        child = self._child
+        child(self.calls, tenant, labels.status(envelope.get("status"))).inc()
+        child(self.duration, tenant).observe(float(envelope.get("duration_ms") or 0.0) / 1000.0)
+        child(self.call_cost, tenant).observe(float((envelope.get("cost") or {}).get("total") or 0.0))
