@@ -110,3 +110,21 @@ def test_the_call_list_during_recovery_has_every_call(log_dir: Path, tmp_path: P
     assert sorted(listed) == CALLS
     assert listed[CALLS[2]] == expected
     assert rollup.calls_loading == 0
+
+
+def test_a_call_that_fails_to_replay_does_not_stop_the_others_or_finalization(log_dir: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    load = rollup._load
+
+    def load_or_fail(call_id: str, entry: dict):  # type: ignore[no-untyped-def]
+        if call_id == CALLS[1]:
+            raise RuntimeError("unreadable WAL")
+        return load(call_id, entry)
+
+    monkeypatch.setattr(rollup, "_load", load_or_fail)
+    asyncio.run(rollup._recover_in_background())
+    assert rollup.recovering is False
+    assert sorted(rollup.calls) == [CALLS[0], CALLS[2]]

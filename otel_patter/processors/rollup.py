@@ -590,6 +590,11 @@ class RollupProcessor:
                 self.metrics.store_errors.labels("recover").inc()
                 log.warning("recovery could not write resolved pending spans; will retry: %s", e.strerror)
                 await asyncio.sleep(RECOVER_RETRY_S)
+            except Exception:  # one unreadable call must not leave every other call unfinalized for good
+                log.exception("recovery step failed; going on without it")
+                if not self._unloaded:  # it was the pending pass: the calls are back, finalization may go on
+                    self.recovering = False
+                    return
             await asyncio.sleep(0)  # requests in between: ingest goes on while calls load
 
     def _recover_call(self, call_id: str) -> CallState | None:
