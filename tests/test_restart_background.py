@@ -83,7 +83,7 @@ def test_a_span_without_call_id_of_an_unloaded_calls_trace_waits_and_counts_when
         log_dir: Path) -> None:
     restarted = InProcess(log_dir, recover=False)
     rollup = restarted.pipeline.rollup
-    trace = bytes.fromhex(rollup.store.read_wal(rollup.index[CALLS[2]]["dir"]).__next__()["data"]["trace_id"])
+    trace = bytes.fromhex(next(rollup.store.read_wal(rollup.index[CALLS[2]]["dir"]))["data"]["trace_id"])
     child = span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
                                      "patter.call_id": ""}, trace=trace)
     restarted.pipeline.consume_traces(request([child]), "grpc")
@@ -93,14 +93,29 @@ def test_a_span_without_call_id_of_an_unloaded_calls_trace_waits_and_counts_when
     assert rollup.get(CALLS[2])["counts"]["spans"] == 28
 
 
-def test_nothing_is_finalized_until_the_last_open_call_is_back(log_dir: Path) -> None:
+def test_a_replayed_call_is_finalized_while_other_calls_are_still_on_disk(log_dir: Path) -> None:
     rollup = InProcess(log_dir, recover=False).pipeline.rollup
     assert rollup.request_finalize(CALLS[0])
     rollup.tick()
-    assert rollup.get(CALLS[0])["status"] == "in_progress"
-    rollup.recover_step()
-    rollup.tick()
     assert rollup.get(CALLS[0])["status"] != "in_progress"
+    assert rollup.calls_loading == 2
+
+
+def test_a_replayed_call_counts_the_spans_of_its_traces_that_waited_before_it_is_finalized(log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    trace = bytes.fromhex(next(rollup.store.read_wal(rollup.index[CALLS[0]]["dir"]))["data"]["trace_id"])
+    child = span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
+                                     "patter.call_id": ""}, trace=trace)
+    restarted.pipeline.consume_traces(request([child]), "grpc")  # its call is on disk: it waits in pending
+    assert rollup.request_finalize(CALLS[0])  # replays the call (and only it)
+    rollup.tick()
+    final = rollup.get(CALLS[0])
+    assert final["status"] != "in_progress"
+    assert final["counts"]["spans"] == 28
+    assert final["revision"] == 1
+    assert trace.hex() not in rollup.pending
+    assert rollup.calls_loading == 2
 
 
 def test_the_call_list_during_recovery_has_every_call(log_dir: Path, tmp_path: Path) -> None:
@@ -112,17 +127,17 @@ def test_the_call_list_during_recovery_has_every_call(log_dir: Path, tmp_path: P
     assert rollup.calls_loading == 0
 
 
-def test_a_call_that_fails_to_replay_does_not_stop_the_others_or_finalization(log_dir: Path,
+def test_a_call_that_fails_to_replay_does_not_stop_the_others_from_loading(log_dir: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     rollup = InProcess(log_dir, recover=False).pipeline.rollup
     load = rollup._load
 
-    def load_or_fail(call_id: str, entry: dict):  # type: ignore[no-untyped-def]
+    def load_or_fail(call_id: str, *args: object):  # type: ignore[no-untyped-def]
         if call_id == CALLS[1]:
             raise RuntimeError("unreadable WAL")
-        return load(call_id, entry)
+        return load(call_id, *args)
 
     monkeypatch.setattr(rollup, "_load", load_or_fail)
     asyncio.run(rollup._recover_in_background())

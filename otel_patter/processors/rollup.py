@@ -8,8 +8,9 @@ signals (0.6 root span end, hang-up usage, a finalize request) or on idle.
 
 After a restart the service is ready at once: open calls are replayed from their WALs in
 the background (`recover_step`), and any call a request touches is replayed first
-(`_state`), so every answer is exact while the rest load. Nothing is finalized before
-the last one is back (a span of an unloaded call's trace may still be waiting in pending).
+(`_state`), so every answer is exact while the rest load. Spans of a call's trace that
+waited in pending while it was on disk are counted at the next tick, before anything is
+finalized.
 
 Call identity (DESIGN.md "Call identity"): `patter.call_id`, `patter.call.id`,
 `getpatter.call.id` on the span, then on the resource, then another span of the same
@@ -101,6 +102,7 @@ class RollupProcessor:
         self._unloaded: dict[str, None] = {}
         self.recovering = False
         self._recovery: asyncio.Task[None] | None = None
+        self._waiting: set[str] = set()  # traces with pending spans whose call was just replayed (tick counts them)
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
 
     def open_calls(self) -> int:
@@ -321,6 +323,8 @@ class RollupProcessor:
         requests in and calls again), so a burst of calls ending never stalls ingest; False when work is left."""
         now = self.clock()
         stop_at = None if budget_s is None else time.perf_counter() + budget_s
+        if self._waiting:  # before anything is finalized: a replayed call's spans that waited in pending
+            self._resolve_waiting()
         heap = self._deadlines
         for cid in self._touched:
             state = self.calls.get(cid)
@@ -328,7 +332,7 @@ class RollupProcessor:
                 heapq.heappush(heap, (self._deadline(state)[0], cid))
         self._touched.clear()
         due: set[str] = set()
-        while heap and heap[0][0] <= now and not self.recovering:
+        while heap and heap[0][0] <= now:
             _, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
             if state is None or state.final or cid in due:
@@ -515,10 +519,12 @@ class RollupProcessor:
                 lst.remove(fut)
 
     # -- recovery -------------------------------------------------------------------------------
-    def _load(self, call_id: str, entry: dict[str, Any]) -> CallState | None:
+    def _load(self, call_id: str, entry: dict[str, Any], waiting: set[str] | None = None) -> CallState | None:
+        """Replay a call's WAL. `waiting` collects the traces it learns that have spans in pending."""
         state = CallState(call_id, entry["dir"], revision=int(entry.get("revision") or 1))
         arrivals: dict[Any, float] = {}
         learn = self._learn_trace
+        pending = self.pending if waiting is not None and self.pending else None
         for line in self.store.read_wal(entry["dir"]):
             data = line.get("data")
             if line.get("type") == SDK_REPORT and isinstance(data, dict) and data.get("call_id") == call_id:
@@ -536,6 +542,8 @@ class RollupProcessor:
                 continue
             if state.add(rec, arrival):  # a repeat (the client retried) adds nothing
                 learn(rec.trace_id, call_id)
+                if pending is not None and rec.trace_id in pending:
+                    waiting.add(rec.trace_id)  # type: ignore[union-attr]
         if not state.seen and state.sdk is None:
             return None
         if not entry.get("open", True):
@@ -590,9 +598,9 @@ class RollupProcessor:
                 self.metrics.store_errors.labels("recover").inc()
                 log.warning("recovery could not write resolved pending spans; will retry: %s", e.strerror)
                 await asyncio.sleep(RECOVER_RETRY_S)
-            except Exception:  # one unreadable call must not leave every other call unfinalized for good
+            except Exception:  # one unreadable call must not stop the others from loading
                 log.exception("recovery step failed; going on without it")
-                if not self._unloaded:  # it was the pending pass: the calls are back, finalization may go on
+                if not self._unloaded:  # it was the pending pass: the calls are back
                     self.recovering = False
                     return
             await asyncio.sleep(0)  # requests in between: ingest goes on while calls load
@@ -600,7 +608,7 @@ class RollupProcessor:
     def _recover_call(self, call_id: str) -> CallState | None:
         """Replay one open call of the index (restart recovery) and give it a full idle window again."""
         del self._unloaded[call_id]
-        state = self._load(call_id, self.index[call_id])
+        state = self._load(call_id, self.index[call_id], self._waiting)
         if state is not None:
             now = self.clock()
             for g in state.groups.values():  # a restart is not silence
@@ -612,10 +620,20 @@ class RollupProcessor:
             self._touched.add(call_id)  # 10k open calls does not write 10k files while it replays them
         return state
 
-    def _resolve_pending(self) -> None:
-        """Count the pending spans whose trace a replayed call knows (they waited in the pending log over the
-        restart, or arrived while their call was still on disk)."""
-        known = [tid for tid in self.pending if self._trace_call(tid) is not None]
+    def _resolve_waiting(self) -> None:
+        traces, self._waiting = self._waiting, set()
+        try:
+            self._resolve_pending(traces)
+        except StoreError as e:
+            self.metrics.store_errors.labels("recover").inc()
+            log.warning("could not write pending spans of a replayed call; will retry: %s", e.strerror)
+            self._waiting |= traces
+
+    def _resolve_pending(self, traces: set[str] | None = None) -> None:
+        """Count the pending spans (of `traces`, or all) whose trace a replayed call knows: they waited in the
+        pending log over the restart, or arrived while their call was still on disk."""
+        candidates = self.pending if traces is None else [t for t in traces if t in self.pending]
+        known = [tid for tid in candidates if self._trace_call(tid) is not None]
         if not known:
             return
         now = self.clock()
