@@ -122,6 +122,7 @@ def dumps(obj: Any) -> str:
 
 
 _wal_head: list[Any] = [None, b""]  # (arrival time, its WAL line head) of the last `wal_lines`
+_SIDE_JSON: dict[str | None, bytes] = {None: b"null", "uut": b'"uut"', "driver": b'"driver"'}
 
 
 class EnvelopeStore:
@@ -291,7 +292,9 @@ class EnvelopeStore:
                 b'","type":"span","side":'
             _wal_head[:] = [ts, head]
         enc = orjson.dumps
-        return b"".join([head + enc(side) + b',"data":' + enc(data) + b"}\n" for data, side in records])
+        sides = _SIDE_JSON
+        return b"".join([head + (sides.get(side) or enc(side)) + b',"data":' + enc(data) + b"}\n"
+                         for data, side in records])
 
     @staticmethod
     def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
