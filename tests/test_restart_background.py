@@ -143,3 +143,68 @@ def test_a_call_that_fails_to_replay_does_not_stop_the_others_from_loading(log_d
     asyncio.run(rollup._recover_in_background())
     assert rollup.recovering is False
     assert sorted(rollup.calls) == [CALLS[0], CALLS[2]]
+
+
+def _first_trace(rollup, call_id: str) -> bytes:  # type: ignore[no-untyped-def]
+    return bytes.fromhex(next(rollup.store.read_wal(rollup.index[call_id]["dir"]))["data"]["trace_id"])
+
+
+def _child(trace: bytes):  # type: ignore[no-untyped-def]
+    """A 0.7.0 child span: no call id of its own, attributed by its trace."""
+    return span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
+                                    "patter.call_id": ""}, trace=trace)
+
+
+def test_a_child_sent_before_its_calls_span_in_one_request_counts_before_the_call_is_finalized(
+        log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    named = span("getpatter.tts", {"patter.call_id": CALLS[0], "patter.side": "uut"})  # a new trace of the call
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[0])), named]), "grpc")
+    assert rollup.request_finalize(CALLS[0])
+    rollup.tick()
+    assert rollup.get(CALLS[0])["counts"]["spans"] == 29
+    rollup.recover_step()
+    final = rollup.get(CALLS[0])
+    assert (final["counts"]["spans"], final["revision"], final["status"]) == (29, 1, "completed")
+
+
+def test_pending_spans_do_not_expire_while_open_calls_are_still_on_disk(log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[2]))]), "grpc")
+    started = rollup.clock()
+    rollup.clock = lambda: started + 31.0  # past the 30 s pending_timeout, recovery still going
+    rollup.tick()
+    rollup.recover_step()
+    assert rollup.get(CALLS[2])["counts"]["spans"] == 28
+
+
+def test_no_call_is_finalized_while_the_waiting_spans_of_a_replayed_call_cannot_be_written(
+        log_dir: Path) -> None:
+    from otel_patter.store.envelope_store import StoreError
+
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[0]))]), "grpc")
+    append, failures = rollup.store.append_wal_bytes, [StoreError(28, "disk full"), StoreError(28, "disk full")]
+
+    def append_or_fail(*args: object) -> None:
+        if failures:
+            raise failures.pop()
+        append(*args)  # type: ignore[arg-type]
+
+    rollup.store.append_wal_bytes = append_or_fail  # type: ignore[method-assign]
+    assert rollup.request_finalize(CALLS[0])  # replays it; its waiting span cannot be written (once here,
+    rollup.tick()  # once in the tick)
+    assert rollup.calls[CALLS[0]].final is False
+    rollup.tick()  # the disk takes writes again
+    final = rollup.get(CALLS[0])
+    assert (final["counts"]["spans"], final["revision"], final["status"]) == (28, 1, "completed")
+
+
+def test_a_query_that_replays_a_call_counts_the_spans_that_waited_for_it(log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[2]))]), "grpc")
+    assert rollup.get(CALLS[2])["counts"]["spans"] == 28

@@ -51,6 +51,7 @@ EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
+RECOVER_ATTEMPTS = 3  # replays of one open call before it is left on disk (logged)
 RECOVER_RETRY_S = 1.0  # the store failed while recovery wrote resolved pending spans: try again this much later
 
 
@@ -103,6 +104,7 @@ class RollupProcessor:
         self.recovering = False
         self._recovery: asyncio.Task[None] | None = None
         self._waiting: set[str] = set()  # traces with pending spans whose call was just replayed (tick counts them)
+        self._replay_failures: dict[str, int] = {}
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
 
     def open_calls(self) -> int:
@@ -161,6 +163,14 @@ class RollupProcessor:
             state = self._load(call_id, self.index[call_id])
         return state
 
+    def _call(self, call_id: str) -> CallState | None:
+        """`_state` for a caller outside `assign` (queries, finalize requests, SDK reports): a call replayed
+        now has the pending spans of its traces counted before the caller looks at it."""
+        state = self._state(call_id)
+        if self._waiting:
+            self._resolve_waiting()
+        return state
+
     # -- phase 1: decide ----------------------------------------------------------------------
     def assign(self, batch: TraceBatch) -> None:
         plan = WritePlan()
@@ -185,6 +195,9 @@ class RollupProcessor:
                 cid = ""
                 self.metrics.spans_unattributed.labels("own_summary").inc()
             ids.append(cid)
+        if self._unloaded:  # after a restart: the calls this batch names are replayed first, so every trace
+            for cid in {c for c in ids if c}.intersection(self._unloaded):  # they know attributes its spans
+                self._recover_call(cid)
         seen_now: set[tuple[str, str]] = set()
         self._batch_states = {}
         for rec, cid in zip(batch.records, ids, strict=True):
@@ -267,7 +280,7 @@ class RollupProcessor:
 
     # -- finalization ---------------------------------------------------------------------------
     def request_finalize(self, call_id: str) -> bool:
-        state = self._state(call_id)
+        state = self._call(call_id)
         if state is None:
             return False
         if call_id not in self.calls:
@@ -323,8 +336,9 @@ class RollupProcessor:
         requests in and calls again), so a burst of calls ending never stalls ingest; False when work is left."""
         now = self.clock()
         stop_at = None if budget_s is None else time.perf_counter() + budget_s
-        if self._waiting:  # before anything is finalized: a replayed call's spans that waited in pending
-            self._resolve_waiting()
+        # before anything is finalized: a replayed call's spans that waited in pending (none is finalized while
+        # they cannot be written)
+        hold = bool(self._waiting) and not self._resolve_waiting()
         heap = self._deadlines
         for cid in self._touched:
             state = self.calls.get(cid)
@@ -332,7 +346,7 @@ class RollupProcessor:
                 heapq.heappush(heap, (self._deadline(state)[0], cid))
         self._touched.clear()
         due: set[str] = set()
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and not hold:
             _, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
             if state is None or state.final or cid in due:
@@ -452,7 +466,7 @@ class RollupProcessor:
         and reopening it if it was final. Durable first: the report is a line of the call's WAL (type
         `sdk_report`) before it counts. False for a repeat of a kind the call already has; raises StoreError."""
         cid = report["call_id"]
-        state = self._state(cid)
+        state = self._call(cid)
         if state is not None and state.sdk is not None and report["kind"] in state.sdk.reports:
             return False
         entry: dict[str, Any] | None = None
@@ -479,7 +493,8 @@ class RollupProcessor:
 
     def _expire_pending(self, now: float) -> None:
         limit = self.cfg.rollup.pending_timeout
-        for trace_id in list(self.pending):
+        # while open calls are still on disk a pending span may belong to one: none expires before they are back
+        for trace_id in list(self.pending) if not self.recovering else ():
             kept = [(r, t) for r, t in self.pending[trace_id] if now - t < limit]
             expired = len(self.pending[trace_id]) - len(kept)
             if expired:
@@ -503,7 +518,7 @@ class RollupProcessor:
         return EnvelopeStore.wal_line(rec.to_json(), None, arrival)
 
     async def wait_final(self, call_id: str, timeout: float) -> bool:
-        state = self._state(call_id)
+        state = self._call(call_id)
         if state is not None and state.final:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -577,12 +592,29 @@ class RollupProcessor:
         while unloaded:
             if stop_at is not None and time.perf_counter() >= stop_at:
                 return False
-            self._recover_call(next(iter(unloaded)))
+            cid = next(iter(unloaded))
+            try:
+                self._recover_call(cid)
+            except Exception:  # one unreadable call must not stop the others: later again, then given up
+                self._replay_failed(cid)
         if self.recovering:
             self._resolve_pending()
+            now = self.clock()
+            for lst in self.pending.values():  # what still waits gets a full pending_timeout from now
+                lst[:] = [(rec, max(t, now)) for rec, t in lst]
             self.recovering = False
             log.info("recovered open calls", extra={"calls": self.open_calls()})
         return True
+
+    def _replay_failed(self, call_id: str) -> None:
+        attempts = self._replay_failures[call_id] = self._replay_failures.get(call_id, 0) + 1
+        del self._unloaded[call_id]
+        if attempts < RECOVER_ATTEMPTS:
+            self._unloaded[call_id] = None  # at the end of the queue
+            log.warning("replay of an open call failed; will retry", exc_info=True, extra={"call_id": call_id})
+        else:
+            log.error("replay of an open call failed %d times; left on disk", attempts, exc_info=True,
+                      extra={"call_id": call_id})
 
     def recover(self) -> None:
         """Rebuild open calls and pending spans from disk at once: results equal an uninterrupted run."""
@@ -598,17 +630,16 @@ class RollupProcessor:
                 self.metrics.store_errors.labels("recover").inc()
                 log.warning("recovery could not write resolved pending spans; will retry: %s", e.strerror)
                 await asyncio.sleep(RECOVER_RETRY_S)
-            except Exception:  # one unreadable call must not stop the others from loading
-                log.exception("recovery step failed; going on without it")
-                if not self._unloaded:  # it was the pending pass: the calls are back
-                    self.recovering = False
-                    return
+            except Exception:  # the pending pass failed otherwise: the calls are back, recovery is over
+                log.exception("recovery could not count the pending spans of replayed calls")
+                self.recovering = False
+                return
             await asyncio.sleep(0)  # requests in between: ingest goes on while calls load
 
     def _recover_call(self, call_id: str) -> CallState | None:
         """Replay one open call of the index (restart recovery) and give it a full idle window again."""
-        del self._unloaded[call_id]
         state = self._load(call_id, self.index[call_id], self._waiting)
+        del self._unloaded[call_id]  # after the replay: a call that fails to replay is still open on disk
         if state is not None:
             now = self.clock()
             for g in state.groups.values():  # a restart is not silence
@@ -620,7 +651,8 @@ class RollupProcessor:
             self._touched.add(call_id)  # 10k open calls does not write 10k files while it replays them
         return state
 
-    def _resolve_waiting(self) -> None:
+    def _resolve_waiting(self) -> bool:
+        """Count the pending spans of the traces replayed calls learned; False (kept for later) on a store error."""
         traces, self._waiting = self._waiting, set()
         try:
             self._resolve_pending(traces)
@@ -628,6 +660,8 @@ class RollupProcessor:
             self.metrics.store_errors.labels("recover").inc()
             log.warning("could not write pending spans of a replayed call; will retry: %s", e.strerror)
             self._waiting |= traces
+            return False
+        return True
 
     def _resolve_pending(self, traces: set[str] | None = None) -> None:
         """Count the pending spans (of `traces`, or all) whose trace a replayed call knows: they waited in the
@@ -648,7 +682,7 @@ class RollupProcessor:
 
     # -- queries ---------------------------------------------------------------------------------
     def get(self, call_id: str) -> dict[str, Any] | None:
-        state = self._state(call_id)
+        state = self._call(call_id)
         if state is None:
             return None
         return self.envelope(state)
@@ -659,7 +693,7 @@ class RollupProcessor:
         for cid, entry in list(self.index.items()):
             state = self.calls.get(cid)
             if state is None and cid in self._unloaded:
-                state = self._recover_call(cid)
+                state = self._call(cid)
             if state is not None:
                 yield self.envelope(state)
             elif entry.get("dir"):
