@@ -168,7 +168,11 @@ class Pipeline:
         if not self.pii.consume_flat(batch):
             batch.records = list(flatten(batch.request))
             self._sync_redaction_metrics()
-        self.rollup.assign(batch)
+        try:
+            self.rollup.assign(batch)
+        except OSError as e:  # after a restart: a call this request names could not be replayed from disk yet
+            self.metrics.refused.labels("traces", "store").inc()
+            raise Unavailable(f"call state unavailable: {e.strerror or e}", retry_after=1.0) from e
         try:
             self.wal.consume(batch)
         except StoreError as e:

@@ -128,21 +128,72 @@ def test_the_call_list_during_recovery_has_every_call(log_dir: Path, tmp_path: P
 
 
 def test_a_call_that_fails_to_replay_does_not_stop_the_others_from_loading(log_dir: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
     rollup = InProcess(log_dir, recover=False).pipeline.rollup
+    monkeypatch.setattr("otel_patter.processors.rollup.RECOVER_RETRY_S", 0.01)
     load = rollup._load
 
     def load_or_fail(call_id: str, *args: object):  # type: ignore[no-untyped-def]
         if call_id == CALLS[1]:
-            raise RuntimeError("unreadable WAL")
+            raise OSError(5, "Input/output error")
         return load(call_id, *args)
 
     monkeypatch.setattr(rollup, "_load", load_or_fail)
     asyncio.run(rollup._recover_in_background())
     assert rollup.recovering is False
     assert sorted(rollup.calls) == [CALLS[0], CALLS[2]]
+    assert rollup.open_calls() == 3  # the third is still open, on disk
+
+
+def test_a_call_left_on_disk_is_replayed_with_its_waiting_spans_when_a_request_names_it(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[1]))]), "grpc")
+    monkeypatch.setattr("otel_patter.processors.rollup.RECOVER_RETRY_S", 0.01)
+    load, failures = rollup._load, [OSError(24, "Too many open files")] * 3
+
+    def flaky(call_id: str, *args: object):  # type: ignore[no-untyped-def]
+        if call_id == CALLS[1] and failures:
+            raise failures.pop()
+        return load(call_id, *args)
+
+    monkeypatch.setattr(rollup, "_load", flaky)
+    rollup.recover()  # three attempts, then left on disk
+    assert CALLS[1] not in rollup.calls and rollup.open_calls() == 3
+    assert rollup.get(CALLS[1])["counts"]["spans"] == 28
+    later = rollup.clock() + 10_000
+    rollup.clock = lambda: later  # idle long past idle_timeout
+    rollup.tick()
+    final = rollup.get(CALLS[1])
+    assert (final["status"], final["counts"]["spans"], final["revision"]) == ("idle", 28, 1)
+
+
+def test_a_request_naming_a_call_that_cannot_be_read_is_refused_for_a_retry(
+        log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_patter.receivers.decode import Unavailable
+
+    restarted = InProcess(log_dir, recover=False)
+
+    def unreadable(*args: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(restarted.pipeline.rollup, "_load", unreadable)
+    with pytest.raises(Unavailable) as refused:
+        restarted.pipeline.consume_traces(request([span("getpatter.tts", {"patter.call_id": CALLS[0]})]), "grpc")
+    assert refused.value.retry_after == 1.0
+
+
+def test_the_call_list_counts_the_waiting_spans_of_calls_replayed_in_the_background(log_dir: Path) -> None:
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[0]))]), "grpc")
+    for cid in CALLS:  # background slices replayed them; no tick and no end-of-recovery pass ran yet
+        rollup._recover_call(cid)
+    listed = {env["call_id"]: env for env in rollup.iter_calls()}
+    assert listed[CALLS[0]]["counts"]["spans"] == 28
 
 
 def _first_trace(rollup, call_id: str) -> bytes:  # type: ignore[no-untyped-def]

@@ -99,21 +99,29 @@ class RollupProcessor:
         self._touched: set[str] = set()
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
-        # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set)
+        # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set), those
+        # whose replay failed (attempts, when to try again: time.monotonic), and those left on disk after
+        # RECOVER_ATTEMPTS (replayed when a request names them). All of them are open calls.
         self._unloaded: dict[str, None] = {}
+        self._failed: dict[str, tuple[int, float]] = {}
+        self._left_on_disk: set[str] = set()
         self.recovering = False
         self._recovery: asyncio.Task[None] | None = None
         self._waiting: set[str] = set()  # traces with pending spans whose call was just replayed (tick counts them)
-        self._replay_failures: dict[str, int] = {}
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
 
     def open_calls(self) -> int:
-        return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded)
+        return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded) + len(self._failed) + \
+            len(self._left_on_disk)
 
     @property
     def calls_loading(self) -> int:
         """Open calls still to be replayed from disk after a restart."""
-        return len(self._unloaded)
+        return len(self._unloaded) + len(self._failed)
+
+    def _on_disk(self, call_id: str) -> bool:
+        """An open call not replayed since the restart."""
+        return call_id in self._unloaded or call_id in self._failed or call_id in self._left_on_disk
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -158,7 +166,7 @@ class RollupProcessor:
         """The call in memory, reloaded from its WAL if it was evicted after finalization."""
         state = self.calls.get(call_id)
         if state is None and call_id in self.index:
-            if call_id in self._unloaded:
+            if self._on_disk(call_id):
                 return self._recover_call(call_id)
             state = self._load(call_id, self.index[call_id])
         return state
@@ -195,9 +203,9 @@ class RollupProcessor:
                 cid = ""
                 self.metrics.spans_unattributed.labels("own_summary").inc()
             ids.append(cid)
-        if self._unloaded:  # after a restart: the calls this batch names are replayed first, so every trace
-            for cid in {c for c in ids if c}.intersection(self._unloaded):  # they know attributes its spans
-                self._recover_call(cid)
+        if self.recovering or self._left_on_disk:  # after a restart: the calls this batch names are replayed
+            for cid in {c for c in ids if c and self._on_disk(c)}:  # first, so the traces they know attribute
+                self._recover_call(cid)  # its spans (an OSError here: the pipeline refuses, the client retries)
         seen_now: set[tuple[str, str]] = set()
         self._batch_states = {}
         for rec, cid in zip(batch.records, ids, strict=True):
@@ -585,8 +593,9 @@ class RollupProcessor:
         self.recovering = True
 
     def recover_step(self, budget_s: float | None = None) -> bool:
-        """Replay open calls for at most `budget_s` (all with None); True once every call is back and the
-        pending spans their traces resolve are counted. Raises StoreError when writing those fails."""
+        """Replay open calls for at most `budget_s` (all with None); True once every call is back (or left on disk
+        after RECOVER_ATTEMPTS) and the pending spans their traces resolve are counted. Raises StoreError when
+        writing those fails."""
         stop_at = None if budget_s is None else time.perf_counter() + budget_s
         unloaded = self._unloaded
         while unloaded:
@@ -595,31 +604,46 @@ class RollupProcessor:
             cid = next(iter(unloaded))
             try:
                 self._recover_call(cid)
-            except Exception:  # one unreadable call must not stop the others: later again, then given up
-                self._replay_failed(cid)
+            except Exception:  # one unreadable call must not stop the others: it is tried again later
+                del unloaded[cid]
+                self._replay_failed(cid, 0)
+        now = time.monotonic()
+        for cid, (attempts, at) in list(self._failed.items()):
+            if at <= now:
+                try:
+                    self._recover_call(cid)
+                except Exception:
+                    self._replay_failed(cid, attempts)
+        if self._failed:
+            return False
         if self.recovering:
             self._resolve_pending()
-            now = self.clock()
-            for lst in self.pending.values():  # what still waits gets a full pending_timeout from now
-                lst[:] = [(rec, max(t, now)) for rec, t in lst]
-            self.recovering = False
-            log.info("recovered open calls", extra={"calls": self.open_calls()})
+            self._end_recovery()
         return True
 
-    def _replay_failed(self, call_id: str) -> None:
-        attempts = self._replay_failures[call_id] = self._replay_failures.get(call_id, 0) + 1
-        del self._unloaded[call_id]
+    def _replay_failed(self, call_id: str, attempts: int) -> None:
+        attempts += 1
         if attempts < RECOVER_ATTEMPTS:
-            self._unloaded[call_id] = None  # at the end of the queue
+            self._failed[call_id] = (attempts, time.monotonic() + RECOVER_RETRY_S)
             log.warning("replay of an open call failed; will retry", exc_info=True, extra={"call_id": call_id})
         else:
-            log.error("replay of an open call failed %d times; left on disk", attempts, exc_info=True,
-                      extra={"call_id": call_id})
+            self._failed.pop(call_id, None)
+            self._left_on_disk.add(call_id)
+            log.error("replay of an open call failed %d times; left on disk until a request names it", attempts,
+                      exc_info=True, extra={"call_id": call_id})
+
+    def _end_recovery(self) -> None:
+        now = self.clock()
+        for lst in self.pending.values():  # what still waits gets a full pending_timeout from now
+            lst[:] = [(rec, max(t, now)) for rec, t in lst]
+        self.recovering = False
+        log.info("recovered open calls", extra={"calls": self.open_calls()})
 
     def recover(self) -> None:
         """Rebuild open calls and pending spans from disk at once: results equal an uninterrupted run."""
         self.begin_recovery()
-        self.recover_step()
+        while not self.recover_step():  # only a call whose replay failed is left: try it again shortly
+            time.sleep(RECOVER_RETRY_S / 4)
 
     async def _recover_in_background(self) -> None:
         while True:
@@ -632,14 +656,18 @@ class RollupProcessor:
                 await asyncio.sleep(RECOVER_RETRY_S)
             except Exception:  # the pending pass failed otherwise: the calls are back, recovery is over
                 log.exception("recovery could not count the pending spans of replayed calls")
-                self.recovering = False
+                self._end_recovery()
                 return
-            await asyncio.sleep(0)  # requests in between: ingest goes on while calls load
+            # requests in between: ingest goes on while calls load (and a failed replay waits for its retry)
+            await asyncio.sleep(0 if self._unloaded else RECOVER_RETRY_S / 4)
 
     def _recover_call(self, call_id: str) -> CallState | None:
         """Replay one open call of the index (restart recovery) and give it a full idle window again."""
         state = self._load(call_id, self.index[call_id], self._waiting)
-        del self._unloaded[call_id]  # after the replay: a call that fails to replay is still open on disk
+        # after the replay: a call that fails to replay stays open on disk
+        self._unloaded.pop(call_id, None)
+        self._failed.pop(call_id, None)
+        self._left_on_disk.discard(call_id)
         if state is not None:
             now = self.clock()
             for g in state.groups.values():  # a restart is not silence
@@ -661,13 +689,19 @@ class RollupProcessor:
             log.warning("could not write pending spans of a replayed call; will retry: %s", e.strerror)
             self._waiting |= traces
             return False
+        except Exception:  # a bug: the spans stay pending (the end of recovery tries again), nothing is held
+            log.exception("could not count pending spans of a replayed call")
         return True
 
     def _resolve_pending(self, traces: set[str] | None = None) -> None:
         """Count the pending spans (of `traces`, or all) whose trace a replayed call knows: they waited in the
         pending log over the restart, or arrived while their call was still on disk."""
         candidates = self.pending if traces is None else [t for t in traces if t in self.pending]
-        known = [tid for tid in candidates if self._trace_call(tid) is not None]
+        known = []
+        for tid in candidates:
+            cid = self._trace_call(tid)
+            if cid is not None and not self._on_disk(cid):  # (a call that failed to replay counts them later)
+                known.append(tid)
         if not known:
             return
         now = self.clock()
@@ -692,8 +726,10 @@ class RollupProcessor:
         a caller on the event loop can let requests in between (10k open calls take seconds to build)."""
         for cid, entry in list(self.index.items()):
             state = self.calls.get(cid)
-            if state is None and cid in self._unloaded:
-                state = self._call(cid)
+            if state is None and self._on_disk(cid):
+                state = self._state(cid)
+            if self._waiting:  # replayed just now or in the background since the last tick
+                self._resolve_waiting()
             if state is not None:
                 yield self.envelope(state)
             elif entry.get("dir"):
