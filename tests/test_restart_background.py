@@ -35,6 +35,24 @@ def _envelope_after_full_replay(log_dir: Path, call_id: str, tmp_path: Path) -> 
     return InProcess(copy).pipeline.rollup.get(call_id)
 
 
+def _first_trace(rollup, call_id: str) -> bytes:  # type: ignore[no-untyped-def]
+    return bytes.fromhex(next(rollup.store.read_wal(rollup.index[call_id]["dir"]))["data"]["trace_id"])
+
+
+def _child(trace: bytes):  # type: ignore[no-untyped-def]
+    """A 0.7.0 child span: no call id of its own, attributed by its trace."""
+    return span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
+                                    "patter.call_id": ""}, trace=trace)
+
+
+def _restart_with_a_waiting_child(log_dir: Path, call_id: str) -> InProcess:
+    """Restarted, nothing replayed yet, and a child span of `call_id`'s first trace waiting in pending."""
+    restarted = InProcess(log_dir, recover=False)
+    rollup = restarted.pipeline.rollup
+    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, call_id))]), "grpc")
+    return restarted
+
+
 def test_restart_starts_with_every_open_call_still_on_disk_and_counted_as_open(log_dir: Path) -> None:
     rollup = InProcess(log_dir, recover=False).pipeline.rollup
     assert rollup.calls == {}
@@ -81,12 +99,8 @@ def test_spans_of_an_unloaded_call_during_recovery_count_once_on_top_of_its_wal(
 
 def test_a_span_without_call_id_of_an_unloaded_calls_trace_waits_and_counts_when_recovery_ends(
         log_dir: Path) -> None:
-    restarted = InProcess(log_dir, recover=False)
-    rollup = restarted.pipeline.rollup
-    trace = bytes.fromhex(next(rollup.store.read_wal(rollup.index[CALLS[2]]["dir"]))["data"]["trace_id"])
-    child = span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
-                                     "patter.call_id": ""}, trace=trace)
-    restarted.pipeline.consume_traces(request([child]), "grpc")
+    rollup = _restart_with_a_waiting_child(log_dir, CALLS[2]).pipeline.rollup
+    trace = _first_trace(rollup, CALLS[2])
     assert trace.hex() in rollup.pending  # its call is still on disk: nobody knows the trace yet
     rollup.recover_step()
     assert trace.hex() not in rollup.pending
@@ -102,12 +116,8 @@ def test_a_replayed_call_is_finalized_while_other_calls_are_still_on_disk(log_di
 
 
 def test_a_replayed_call_counts_the_spans_of_its_traces_that_waited_before_it_is_finalized(log_dir: Path) -> None:
-    restarted = InProcess(log_dir, recover=False)
-    rollup = restarted.pipeline.rollup
-    trace = bytes.fromhex(next(rollup.store.read_wal(rollup.index[CALLS[0]]["dir"]))["data"]["trace_id"])
-    child = span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
-                                     "patter.call_id": ""}, trace=trace)
-    restarted.pipeline.consume_traces(request([child]), "grpc")  # its call is on disk: it waits in pending
+    rollup = _restart_with_a_waiting_child(log_dir, CALLS[0]).pipeline.rollup
+    trace = _first_trace(rollup, CALLS[0])
     assert rollup.request_finalize(CALLS[0])  # replays the call (and only it)
     rollup.tick()
     final = rollup.get(CALLS[0])
@@ -149,9 +159,8 @@ def test_a_call_that_fails_to_replay_does_not_stop_the_others_from_loading(log_d
 
 def test_a_call_left_on_disk_is_replayed_with_its_waiting_spans_when_a_request_names_it(
         log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    restarted = InProcess(log_dir, recover=False)
+    restarted = _restart_with_a_waiting_child(log_dir, CALLS[1])
     rollup = restarted.pipeline.rollup
-    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[1]))]), "grpc")
     monkeypatch.setattr("otel_patter.processors.rollup.RECOVER_RETRY_S", 0.01)
     load, failures = rollup._load, [OSError(24, "Too many open files")] * 3
 
@@ -187,23 +196,12 @@ def test_a_request_naming_a_call_that_cannot_be_read_is_refused_for_a_retry(
 
 
 def test_the_call_list_counts_the_waiting_spans_of_calls_replayed_in_the_background(log_dir: Path) -> None:
-    restarted = InProcess(log_dir, recover=False)
+    restarted = _restart_with_a_waiting_child(log_dir, CALLS[0])
     rollup = restarted.pipeline.rollup
-    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[0]))]), "grpc")
     for cid in CALLS:  # background slices replayed them; no tick and no end-of-recovery pass ran yet
         rollup._recover_call(cid)
     listed = {env["call_id"]: env for env in rollup.iter_calls()}
     assert listed[CALLS[0]]["counts"]["spans"] == 28
-
-
-def _first_trace(rollup, call_id: str) -> bytes:  # type: ignore[no-untyped-def]
-    return bytes.fromhex(next(rollup.store.read_wal(rollup.index[call_id]["dir"]))["data"]["trace_id"])
-
-
-def _child(trace: bytes):  # type: ignore[no-untyped-def]
-    """A 0.7.0 child span: no call id of its own, attributed by its trace."""
-    return span("patter.billable", {"patter.cost.tts_chars": 120, "patter.tts.provider": "elevenlabs",
-                                    "patter.call_id": ""}, trace=trace)
 
 
 def test_a_child_sent_before_its_calls_span_in_one_request_counts_before_the_call_is_finalized(
@@ -221,9 +219,8 @@ def test_a_child_sent_before_its_calls_span_in_one_request_counts_before_the_cal
 
 
 def test_pending_spans_do_not_expire_while_open_calls_are_still_on_disk(log_dir: Path) -> None:
-    restarted = InProcess(log_dir, recover=False)
+    restarted = _restart_with_a_waiting_child(log_dir, CALLS[2])
     rollup = restarted.pipeline.rollup
-    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[2]))]), "grpc")
     started = rollup.clock()
     rollup.clock = lambda: started + 31.0  # past the 30 s pending_timeout, recovery still going
     rollup.tick()
@@ -235,9 +232,8 @@ def test_no_call_is_finalized_while_the_waiting_spans_of_a_replayed_call_cannot_
         log_dir: Path) -> None:
     from otel_patter.store.envelope_store import StoreError
 
-    restarted = InProcess(log_dir, recover=False)
+    restarted = _restart_with_a_waiting_child(log_dir, CALLS[0])
     rollup = restarted.pipeline.rollup
-    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[0]))]), "grpc")
     append, failures = rollup.store.append_wal_bytes, [StoreError(28, "disk full"), StoreError(28, "disk full")]
 
     def append_or_fail(*args: object) -> None:
@@ -255,7 +251,6 @@ def test_no_call_is_finalized_while_the_waiting_spans_of_a_replayed_call_cannot_
 
 
 def test_a_query_that_replays_a_call_counts_the_spans_that_waited_for_it(log_dir: Path) -> None:
-    restarted = InProcess(log_dir, recover=False)
+    restarted = _restart_with_a_waiting_child(log_dir, CALLS[2])
     rollup = restarted.pipeline.rollup
-    restarted.pipeline.consume_traces(request([_child(_first_trace(rollup, CALLS[2]))]), "grpc")
     assert rollup.get(CALLS[2])["counts"]["spans"] == 28
