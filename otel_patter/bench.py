@@ -1108,10 +1108,9 @@ def run_bench(seconds: float = 10.0, calls: int = 2000, *, endpoint: str | None 
             log(f"rebuild: {open_now} open calls on disk ({time.perf_counter() - t:.1f} s to build)")
             c = BenchServer(root / "c", log_dir=b.log_dir, rollup={"idle_timeout": "10m"})
             try:
-                out["rebuild_seconds_10k" if rebuild_calls == REBUILD_CALLS else "rebuild_seconds"] = round(
-                    c.start(), 3)
-                out["rebuild_complete_seconds_10k" if rebuild_calls == REBUILD_CALLS
-                    else "rebuild_complete_seconds"] = round(c.recovered(), 3)
+                suffix = "_10k" if rebuild_calls == REBUILD_CALLS else ""
+                out[f"rebuild_seconds{suffix}"] = round(c.start(), 3)
+                out[f"rebuild_complete_seconds{suffix}"] = round(c.recovered(), 3)
                 out["rebuild_calls"] = open_now
                 out["rebuild_calls_open"] = int(c.metric("otel_patter_calls_open"))
                 c.sample_fds()

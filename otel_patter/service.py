@@ -38,7 +38,7 @@ class Service:
         return [x for x in (self.admin, self.grpc, self.http, self.sdk_ingest) if x is not None]
 
     async def start(self) -> None:
-        # admin first so probes answer (not ready) while state is recovered
+        # admin first so probes answer (not ready) until the pipeline has read its index
         if self.admin is not None:
             await self.admin.start()
         await self.pipeline.start()

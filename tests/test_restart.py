@@ -82,3 +82,18 @@ def test_a_restarted_server_is_ready_and_lists_its_open_calls_with_every_span_on
     code, listed = s.get("/api/v1/calls?status=in_progress")
     assert sorted(c["call_id"] for c in listed["calls"]) == [f"{RECORDED_CALL_ID}-{i}" for i in range(3)]
     assert [c["counts"]["spans"] for c in listed["calls"]] == [27, 27, 27]
+
+
+def test_a_call_whose_wal_cannot_be_read_after_a_restart_answers_503_with_retry_after(make_server) -> None:
+    s = make_server(config={"rollup": {"idle_timeout": "1h"}}).start()
+    _send(s, recorded_call()[:3])
+    s.kill9()
+    wal = next(s.log_dir.glob("calls/*/*/*/*/spans.jsonl"))
+    wal.rename(wal.with_name("spans.jsonl.moved"))
+    wal.mkdir()  # reading it now fails with IsADirectoryError
+    s.start()
+    code, body = s.get(f"/api/v1/calls/{RECORDED_CALL_ID}")
+    assert code == 503
+    assert body == {"error": "call state unavailable: Is a directory"}
+    code, _, headers = post(s.http_endpoint + "/v1/traces", recorded_call()[3].SerializeToString())
+    assert (code, headers.get("Retry-After")) == (503, "1")

@@ -186,6 +186,7 @@ _CALL_ID = {"name": "call_id", "in": "path", "required": True, "schema": {"type"
 
 def build_openapi(*, auth: bool = False, metrics_auth: bool = False) -> dict[str, Any]:
     """The document for a server with (or without) `admin.auth_token` and `admin.metrics_auth`."""
+    unreadable = {"503": _err("a call's state could not be read from disk yet (Retry-After)")}
     unauthorized = {"401": _err("missing or wrong bearer token")} if auth else {}
     list_params = [
         {"name": "status", "in": "query", "schema": {"enum": list(STATUSES)}},
@@ -245,6 +246,7 @@ def build_openapi(*, auth: bool = False, metrics_auth: bool = False) -> dict[str
                     "400": _err("a bad parameter"),
                     "408": _json("#/components/schemas/CallListTimeout",
                                  "wait=final timed out: the matches as they are now"),
+                    **unreadable,
                     **unauthorized,
                 }}},
             "/api/v1/calls/{call_id}": {"get": {
@@ -256,6 +258,7 @@ def build_openapi(*, auth: bool = False, metrics_auth: bool = False) -> dict[str
                     "400": _err("a bad parameter"),
                     "404": _err("no such call"),
                     "408": _json("#/components/schemas/CallTimeout", "wait=final timed out"),
+                    **unreadable,
                     **unauthorized,
                 }}},
             "/api/v1/calls/{call_id}/finalize": {"post": {
@@ -266,6 +269,7 @@ def build_openapi(*, auth: bool = False, metrics_auth: bool = False) -> dict[str
                     "200": _json("#/components/schemas/Envelope", "final now"),
                     "202": _json("#/components/schemas/Envelope", "asked for; not final yet (the store failed)"),
                     "404": _err("no such call"),
+                    **unreadable,
                     **unauthorized,
                 }}},
             "/": {"get": {"operationId": "page", "summary": "recent calls (HTML, refreshes itself)",

@@ -40,6 +40,18 @@ PAGE_CALLS = 50  # calls on the page at /
 LIST_RECHECK_S = 1.0  # a list wait re-reads the calls at least this often (a reopened call, a new match)
 LIST_SLICE_S = 0.005  # building the call list holds the event loop at most this long at a time (acks go first)
 
+
+@web.middleware
+async def _unreadable_state(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A call's state that cannot be read from disk (after a restart, a call not replayed yet): 503 and a retry,
+    not a 500."""
+    try:
+        return await handler(request)
+    except OSError as e:
+        log.warning("call state unreadable: %s", e.strerror or e)
+        return web.json_response({"error": f"call state unavailable: {e.strerror or e}"}, status=503,
+                                 headers={"Retry-After": "1"})
+
 __all__ = ["MAX_WAIT_S", "AdminServer", "filter_calls", "parse_since"]
 
 
@@ -62,7 +74,7 @@ class AdminServer:
         self.draining = False  # set at shutdown: /readyz says 503 so load balancers stop sending
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[self.auth.middleware])
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[self.auth.middleware, _unreadable_state])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)

@@ -1,16 +1,17 @@
 """Rollup: which call each span belongs to, and when a call is final.
 
 Two phases around the store so that nothing is counted before it is durable:
-`assign(batch)` decides (call id, side, duplicates, pending) without changing state
-and leaves a `WritePlan` on the batch; the store makes the plan durable; `apply(batch)`
+`assign(batch)` decides (call id, side, duplicates, pending) without counting anything
+(it may replay calls from disk, see below) and leaves a `WritePlan` on the batch; the
+store makes the plan durable; `apply(batch)`
 then folds the spans into per-call aggregates. `tick()` finalizes calls on their
 signals (0.6 root span end, hang-up usage, a finalize request) or on idle.
 
 After a restart the service is ready at once: open calls are replayed from their WALs in
 the background (`recover_step`), and any call a request touches is replayed first
 (`_state`), so every answer is exact while the rest load. Spans of a call's trace that
-waited in pending while it was on disk are counted at the next tick, before anything is
-finalized.
+waited in pending while it was on disk are counted before the call is read (`_settled_state`)
+or finalized (`tick`).
 
 Call identity (DESIGN.md "Call identity"): `patter.call_id`, `patter.call.id`,
 `getpatter.call.id` on the span, then on the resource, then another span of the same
@@ -52,7 +53,7 @@ EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by eve
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
 RECOVER_ATTEMPTS = 3  # replays of one open call before it is left on disk (logged)
-RECOVER_RETRY_S = 1.0  # the store failed while recovery wrote resolved pending spans: try again this much later
+RECOVER_RETRY_S = 1.0  # after a restart, a failed replay or a failed write of resolved pending spans: again after
 
 
 @dataclass(slots=True)
@@ -103,25 +104,26 @@ class RollupProcessor:
         # whose replay failed (attempts, when to try again: time.monotonic), and those left on disk after
         # RECOVER_ATTEMPTS (replayed when a request names them). All of them are open calls.
         self._unloaded: dict[str, None] = {}
-        self._failed: dict[str, tuple[int, float]] = {}
+        self._replay_retry: dict[str, tuple[int, float]] = {}
         self._left_on_disk: set[str] = set()
         self.recovering = False
         self._recovery: asyncio.Task[None] | None = None
-        self._waiting: set[str] = set()  # traces with pending spans whose call was just replayed (tick counts them)
+        # traces with pending spans whose call was just replayed: counted before the call is read or finalized
+        self._traces_to_resolve: set[str] = set()
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
 
     def open_calls(self) -> int:
-        return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded) + len(self._failed) + \
+        return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded) + len(self._replay_retry) + \
             len(self._left_on_disk)
 
     @property
     def calls_loading(self) -> int:
         """Open calls still to be replayed from disk after a restart."""
-        return len(self._unloaded) + len(self._failed)
+        return len(self._unloaded) + len(self._replay_retry)
 
-    def _on_disk(self, call_id: str) -> bool:
+    def _not_replayed(self, call_id: str) -> bool:
         """An open call not replayed since the restart."""
-        return call_id in self._unloaded or call_id in self._failed or call_id in self._left_on_disk
+        return call_id in self._unloaded or call_id in self._replay_retry or call_id in self._left_on_disk
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,20 +165,21 @@ class RollupProcessor:
         return side or "uut"
 
     def _state(self, call_id: str) -> CallState | None:
-        """The call in memory, reloaded from its WAL if it was evicted after finalization."""
+        """The call in memory, else replayed from its WAL (evicted after finalization, or not replayed yet since a
+        restart). Inside `assign`; other callers use `_settled_state`."""
         state = self.calls.get(call_id)
         if state is None and call_id in self.index:
-            if self._on_disk(call_id):
+            if self._not_replayed(call_id):
                 return self._recover_call(call_id)
             state = self._load(call_id, self.index[call_id])
         return state
 
-    def _call(self, call_id: str) -> CallState | None:
+    def _settled_state(self, call_id: str) -> CallState | None:
         """`_state` for a caller outside `assign` (queries, finalize requests, SDK reports): a call replayed
         now has the pending spans of its traces counted before the caller looks at it."""
         state = self._state(call_id)
-        if self._waiting:
-            self._resolve_waiting()
+        if self._traces_to_resolve:
+            self._resolve_replayed_traces()
         return state
 
     # -- phase 1: decide ----------------------------------------------------------------------
@@ -204,7 +207,7 @@ class RollupProcessor:
                 self.metrics.spans_unattributed.labels("own_summary").inc()
             ids.append(cid)
         if self.recovering or self._left_on_disk:  # after a restart: the calls this batch names are replayed
-            for cid in {c for c in ids if c and self._on_disk(c)}:  # first, so the traces they know attribute
+            for cid in {c for c in ids if c and self._not_replayed(c)}:  # first, so the traces they know attribute
                 self._recover_call(cid)  # its spans (an OSError here: the pipeline refuses, the client retries)
         seen_now: set[tuple[str, str]] = set()
         self._batch_states = {}
@@ -288,7 +291,7 @@ class RollupProcessor:
 
     # -- finalization ---------------------------------------------------------------------------
     def request_finalize(self, call_id: str) -> bool:
-        state = self._call(call_id)
+        state = self._settled_state(call_id)
         if state is None:
             return False
         if call_id not in self.calls:
@@ -346,7 +349,7 @@ class RollupProcessor:
         stop_at = None if budget_s is None else time.perf_counter() + budget_s
         # before anything is finalized: a replayed call's spans that waited in pending (none is finalized while
         # they cannot be written)
-        hold = bool(self._waiting) and not self._resolve_waiting()
+        hold = bool(self._traces_to_resolve) and not self._resolve_replayed_traces()
         heap = self._deadlines
         for cid in self._touched:
             state = self.calls.get(cid)
@@ -474,7 +477,7 @@ class RollupProcessor:
         and reopening it if it was final. Durable first: the report is a line of the call's WAL (type
         `sdk_report`) before it counts. False for a repeat of a kind the call already has; raises StoreError."""
         cid = report["call_id"]
-        state = self._call(cid)
+        state = self._settled_state(cid)
         if state is not None and state.sdk is not None and report["kind"] in state.sdk.reports:
             return False
         entry: dict[str, Any] | None = None
@@ -502,6 +505,7 @@ class RollupProcessor:
     def _expire_pending(self, now: float) -> None:
         limit = self.cfg.rollup.pending_timeout
         # while open calls are still on disk a pending span may belong to one: none expires before they are back
+        # (a call left on disk after RECOVER_ATTEMPTS does not hold expiry: pending stays bounded)
         for trace_id in list(self.pending) if not self.recovering else ():
             kept = [(r, t) for r, t in self.pending[trace_id] if now - t < limit]
             expired = len(self.pending[trace_id]) - len(kept)
@@ -526,7 +530,7 @@ class RollupProcessor:
         return EnvelopeStore.wal_line(rec.to_json(), None, arrival)
 
     async def wait_final(self, call_id: str, timeout: float) -> bool:
-        state = self._call(call_id)
+        state = self._settled_state(call_id)
         if state is not None and state.final:
             return True
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -565,8 +569,8 @@ class RollupProcessor:
                 continue
             if state.add(rec, arrival):  # a repeat (the client retried) adds nothing
                 learn(rec.trace_id, call_id)
-                if pending is not None and rec.trace_id in pending:
-                    waiting.add(rec.trace_id)  # type: ignore[union-attr]
+                if pending is not None and waiting is not None and rec.trace_id in pending:
+                    waiting.add(rec.trace_id)
         if not state.seen and state.sdk is None:
             return None
         if not entry.get("open", True):
@@ -608,13 +612,13 @@ class RollupProcessor:
                 del unloaded[cid]
                 self._replay_failed(cid, 0)
         now = time.monotonic()
-        for cid, (attempts, at) in list(self._failed.items()):
+        for cid, (attempts, at) in list(self._replay_retry.items()):
             if at <= now:
                 try:
                     self._recover_call(cid)
                 except Exception:
                     self._replay_failed(cid, attempts)
-        if self._failed:
+        if self._replay_retry:
             return False
         if self.recovering:
             self._resolve_pending()
@@ -624,10 +628,10 @@ class RollupProcessor:
     def _replay_failed(self, call_id: str, attempts: int) -> None:
         attempts += 1
         if attempts < RECOVER_ATTEMPTS:
-            self._failed[call_id] = (attempts, time.monotonic() + RECOVER_RETRY_S)
+            self._replay_retry[call_id] = (attempts, time.monotonic() + RECOVER_RETRY_S)
             log.warning("replay of an open call failed; will retry", exc_info=True, extra={"call_id": call_id})
         else:
-            self._failed.pop(call_id, None)
+            self._replay_retry.pop(call_id, None)
             self._left_on_disk.add(call_id)
             log.error("replay of an open call failed %d times; left on disk until a request names it", attempts,
                       exc_info=True, extra={"call_id": call_id})
@@ -663,10 +667,10 @@ class RollupProcessor:
 
     def _recover_call(self, call_id: str) -> CallState | None:
         """Replay one open call of the index (restart recovery) and give it a full idle window again."""
-        state = self._load(call_id, self.index[call_id], self._waiting)
+        state = self._load(call_id, self.index[call_id], self._traces_to_resolve)
         # after the replay: a call that fails to replay stays open on disk
         self._unloaded.pop(call_id, None)
-        self._failed.pop(call_id, None)
+        self._replay_retry.pop(call_id, None)
         self._left_on_disk.discard(call_id)
         if state is not None:
             now = self.clock()
@@ -679,15 +683,15 @@ class RollupProcessor:
             self._touched.add(call_id)  # 10k open calls does not write 10k files while it replays them
         return state
 
-    def _resolve_waiting(self) -> bool:
+    def _resolve_replayed_traces(self) -> bool:
         """Count the pending spans of the traces replayed calls learned; False (kept for later) on a store error."""
-        traces, self._waiting = self._waiting, set()
+        traces, self._traces_to_resolve = self._traces_to_resolve, set()
         try:
             self._resolve_pending(traces)
         except StoreError as e:
             self.metrics.store_errors.labels("recover").inc()
             log.warning("could not write pending spans of a replayed call; will retry: %s", e.strerror)
-            self._waiting |= traces
+            self._traces_to_resolve |= traces
             return False
         except Exception:  # a bug: the spans stay pending (the end of recovery tries again), nothing is held
             log.exception("could not count pending spans of a replayed call")
@@ -700,7 +704,7 @@ class RollupProcessor:
         known = []
         for tid in candidates:
             cid = self._trace_call(tid)
-            if cid is not None and not self._on_disk(cid):  # (a call that failed to replay counts them later)
+            if cid is not None and not self._not_replayed(cid):  # (a call that failed to replay counts them later)
                 known.append(tid)
         if not known:
             return
@@ -716,20 +720,21 @@ class RollupProcessor:
 
     # -- queries ---------------------------------------------------------------------------------
     def get(self, call_id: str) -> dict[str, Any] | None:
-        state = self._call(call_id)
+        state = self._settled_state(call_id)
         if state is None:
             return None
         return self.envelope(state)
 
     def iter_calls(self) -> Iterator[dict[str, Any]]:
-        """Every call's envelope (built for calls in memory, read from disk for evicted ones), one at a time, so
+        """Every call's envelope (built for calls in memory or not replayed yet, read from disk for evicted ones),
+        one at a time, so
         a caller on the event loop can let requests in between (10k open calls take seconds to build)."""
         for cid, entry in list(self.index.items()):
             state = self.calls.get(cid)
-            if state is None and self._on_disk(cid):
-                state = self._state(cid)
-            if self._waiting:  # replayed just now or in the background since the last tick
-                self._resolve_waiting()
+            if state is None and self._not_replayed(cid):
+                state = self._settled_state(cid)
+            elif self._traces_to_resolve:  # calls replayed in the background since the last tick
+                self._resolve_replayed_traces()
             if state is not None:
                 yield self.envelope(state)
             elif entry.get("dir"):

@@ -180,9 +180,9 @@ class GroupAgg:
 
     spans: int = 0
     # turn indexes seen: 0..TURN_BITS-1 as bits of one int (32 bytes for 60 turns, where a set costs 216+),
-    # any other index (never from the SDK) in the set
+    # any other index (never from the SDK) in a set
     turn_bits: int = 0
-    turn_idx: set[int] = _NO_SET
+    turn_idx_other: set[int] = _NO_SET
     outer_llm: int = 0
     iter0_llm: int = 0
     ttfb_ms: list[float] = _NO_LIST
@@ -334,7 +334,7 @@ class GroupAgg:
         if 0 <= idx < TURN_BITS:
             self.turn_bits |= 1 << idx
         else:
-            self._set("turn_idx").add(idx)
+            self._set("turn_idx_other").add(idx)
 
     def merge(self, other: GroupAgg) -> None:
         """Fold another group into this one (several instances on one side)."""
@@ -348,8 +348,8 @@ class GroupAgg:
         self.redactions += other.redactions
         self.framework_cost_spans += other.framework_cost_spans
         self.turn_bits |= other.turn_bits
-        if other.turn_idx:
-            self._set("turn_idx").update(other.turn_idx)
+        if other.turn_idx_other:
+            self._set("turn_idx_other").update(other.turn_idx_other)
         if other.ttfb_ms:
             self._list("ttfb_ms").extend(other.ttfb_ms)
         if other.ttfb_turns:
@@ -389,7 +389,7 @@ class GroupAgg:
 
     @property
     def turns(self) -> int:
-        distinct = self.turn_bits.bit_count() + len(self.turn_idx)
+        distinct = self.turn_bits.bit_count() + len(self.turn_idx_other)
         if distinct:
             return distinct
         if self.outer_llm:

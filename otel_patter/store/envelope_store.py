@@ -247,10 +247,6 @@ class EnvelopeStore:
         if entries:
             self._guard(self.ops.append, self.index_path, "".join(dumps(e) + "\n" for e in entries).encode())
 
-    def append_pending(self, lines: list[str]) -> None:
-        if lines:
-            self._guard(self.ops.append, self.pending_path, ("\n".join(lines) + "\n").encode())
-
     def append_pending_bytes(self, data: bytes) -> None:
         if data:
             self._guard(self.ops.append, self.pending_path, data)

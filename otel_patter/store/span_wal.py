@@ -6,11 +6,14 @@ the call's spans, so recovery always finds a WAL it can attribute.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from otel_patter.component import Stage, TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError
+
+if TYPE_CHECKING:
+    from otel_patter.processors.rollup import WritePlan
 
 
 class SpanWal(Stage):
@@ -26,7 +29,7 @@ class SpanWal(Stage):
             raise
 
 
-def write_plan(store: EnvelopeStore, plan: Any, arrival: float) -> None:
+def write_plan(store: EnvelopeStore, plan: WritePlan, arrival: float) -> None:
     """Append rollup's WritePlan: index entries, then one append per call, then the spans still pending."""
     lines = EnvelopeStore.wal_lines
     store.append_index(plan.index)
