@@ -551,7 +551,8 @@ class RollupProcessor:
         state = CallState(call_id, entry["dir"], revision=int(entry.get("revision") or 1))
         arrivals: dict[Any, float] = {}
         learn = self._learn_trace
-        pending = self.pending if waiting is not None and self.pending else None
+        pending = self.pending
+        watch = waiting if pending else None  # traces to note only while something waits in pending
         for line in self.store.read_wal(entry["dir"]):
             data = line.get("data")
             if line.get("type") == SDK_REPORT and isinstance(data, dict) and data.get("call_id") == call_id:
@@ -569,8 +570,8 @@ class RollupProcessor:
                 continue
             if state.add(rec, arrival):  # a repeat (the client retried) adds nothing
                 learn(rec.trace_id, call_id)
-                if pending is not None and waiting is not None and rec.trace_id in pending:
-                    waiting.add(rec.trace_id)
+                if watch is not None and rec.trace_id in pending:
+                    watch.add(rec.trace_id)
         if not state.seen and state.sdk is None:
             return None
         if not entry.get("open", True):
