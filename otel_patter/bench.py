@@ -303,6 +303,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def loopback_config(grpc_port: int, http_port: int, admin_port: int, log_dir: Path) -> dict[str, Any]:
+    """A `serve` config on 127.0.0.1 ports and a log dir: the base of the bench's servers and the tests'."""
+    return {
+        "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                               "http": {"endpoint": f"127.0.0.1:{http_port}"}}},
+        "admin": {"endpoint": f"127.0.0.1:{admin_port}"},
+        "store": {"log_dir": str(log_dir)},
+    }
+
+
 def _limit_files() -> None:  # pragma: no cover - runs in the child between fork and exec
     import resource
 
@@ -351,13 +361,8 @@ class BenchServer:
         self.root = root
         self.log_dir = log_dir or root / "log"
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        cfg: dict[str, Any] = {
-            "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
-                                   "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}},
-            "admin": {"endpoint": f"127.0.0.1:{self.admin_port}"},
-            "store": {"log_dir": str(self.log_dir)},
-            "log_level": "warning",
-        }
+        cfg = loopback_config(self.grpc_port, self.http_port, self.admin_port, self.log_dir)
+        cfg["log_level"] = "warning"
         if rollup:
             cfg["rollup"] = rollup
         self.config_path = root / f"config-{self.admin_port}.yaml"

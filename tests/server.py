@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from otel_patter.bench import free_port  # one loopback port picker for the bench and the tests
+from otel_patter.bench import free_port, loopback_config  # one port picker and base config for both
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -32,13 +32,8 @@ class ServerProc:
         self.root = root
         self.log_dir = root / "log"
         self.grpc_port, self.http_port, self.admin_port = free_port(), free_port(), free_port()
-        cfg: dict[str, Any] = {
-            "receivers": {"otlp": {"grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}"},
-                                   "http": {"endpoint": f"127.0.0.1:{self.http_port}"}}},
-            "admin": {"endpoint": f"127.0.0.1:{self.admin_port}"},
-            "store": {"log_dir": str(self.log_dir)},
-            "rollup": {"idle_timeout": "3s", "final_grace": "300ms"},
-        }
+        cfg = loopback_config(self.grpc_port, self.http_port, self.admin_port, self.log_dir)
+        cfg["rollup"] = {"idle_timeout": "3s", "final_grace": "300ms"}
         deep_merge(cfg, config or {})
         self.config_path = root / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg))
