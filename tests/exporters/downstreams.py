@@ -4,7 +4,8 @@
 (TraceService, MetricsService, LogsService). `HttpDownstream`: an aiohttp server with
 POST /v1/traces, /v1/metrics, /v1/logs (protobuf, gzip). Both record every request with
 its headers, can answer with a chosen failure, and can be stopped and started again on
-the same port (the downstream "down for a while").
+the same port (the downstream "down for a while"). `drain` runs one downstream's sender over
+queued requests; `sample` reads a self-metric.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -26,6 +28,9 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from otel_patter.config import ForwardTarget
+from otel_patter.exporters.forward import Downstream, ForwardMetrics
+from otel_patter.selfmetrics import SelfMetrics
 from tests.server import free_port
 
 REQUESTS = {"traces": trace_service_pb2.ExportTraceServiceRequest,
@@ -200,3 +205,30 @@ class HttpDownstream(Base):
             self.thread.join(10)
             self.loop = None
             self.thread = None
+
+
+def drain(target: ForwardTarget, root: Path, requests: list[bytes], until: Callable[[Downstream], bool] | None = None,
+          timeout: float = 20.0, poll_s: float = 0.02) -> tuple[SelfMetrics, int]:
+    """Enqueue `requests` (1 item each) and run the sender until `until(downstream)` holds (default: its queue is
+    empty) or `timeout`: its metrics and the records left in its queue."""
+    metrics = SelfMetrics()
+    done = until or (lambda d: not len(d.queue))
+
+    async def main() -> int:
+        d = Downstream(target, root, ForwardMetrics(metrics), fsync=False)
+        await d.start()
+        try:
+            for body in requests:
+                d.enqueue("traces", body, 1)
+            deadline = time.monotonic() + timeout
+            while not done(d) and time.monotonic() < deadline:
+                await asyncio.sleep(poll_s)
+            return len(d.queue)
+        finally:
+            await d.shutdown()
+
+    return metrics, asyncio.run(main())
+
+
+def sample(m: SelfMetrics, name: str, **labels: str) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0

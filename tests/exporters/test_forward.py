@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -13,34 +12,10 @@ import pytest
 from otel_patter.config import ConfigError, ForwardTarget, load_config
 from otel_patter.exporters.forward import Downstream, Forwarder, ForwardMetrics, loop_problems
 from otel_patter.selfmetrics import SelfMetrics
-from tests.exporters.downstreams import GrpcDownstream, HttpDownstream
+from tests.exporters.downstreams import GrpcDownstream, HttpDownstream, drain, sample
 from tests.otlp import recorded_call
 
 FAST = {"retry_initial_interval": 0.05, "retry_max_interval": 0.2, "timeout": 5.0}
-
-
-def sample(m: SelfMetrics, name: str, **labels: str) -> float:
-    return m.registry.get_sample_value(name, labels) or 0.0
-
-
-def run(target: ForwardTarget, root: Path, requests: list[bytes], until: Any, timeout: float = 20.0) -> SelfMetrics:
-    """Enqueue `requests` (1 item each... counted by spans) and run the sender until `until()` holds."""
-    metrics = SelfMetrics()
-
-    async def main() -> None:
-        d = Downstream(target, root, ForwardMetrics(metrics), fsync=False)
-        await d.start()
-        try:
-            for body in requests:
-                d.enqueue("traces", body, 1)
-            deadline = time.monotonic() + timeout
-            while not until(d) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-        finally:
-            await d.shutdown()
-
-    asyncio.run(main())
-    return metrics
 
 
 def bodies(n: int = 2) -> list[bytes]:
@@ -51,7 +26,7 @@ def test_grpc_unavailable_is_retried_until_accepted(grpc_down: GrpcDownstream, t
     answers = [(grpc.StatusCode.UNAVAILABLE, None)] * 3
     grpc_down.fail = lambda signal: answers.pop() if answers else None
     target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
-    m = run(target, tmp_path, bodies(1), until=lambda d: len(d.queue) == 0)
+    m, _ = drain(target, tmp_path, bodies(1))
     assert [r.raw for r in grpc_down.received] == bodies(1)
     assert grpc_down.attempts == 4
     assert sample(m, "otel_patter_forward_retries_total", downstream="j") == 3
@@ -62,7 +37,7 @@ def test_grpc_unavailable_is_retried_until_accepted(grpc_down: GrpcDownstream, t
 def test_grpc_invalid_argument_is_dropped_and_counted_not_retried(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
     grpc_down.fail = lambda signal: (grpc.StatusCode.INVALID_ARGUMENT, None) if grpc_down.attempts == 1 else None
     target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
-    m = run(target, tmp_path, bodies(2), until=lambda d: len(d.queue) == 0)
+    m, _ = drain(target, tmp_path, bodies(2))
     assert [r.raw for r in grpc_down.received] == bodies(2)[1:]
     assert grpc_down.attempts == 2
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="rejected") == 1
@@ -79,7 +54,7 @@ def test_grpc_resource_exhausted_is_retried_only_with_retry_info(grpc_down: Grpc
 
     grpc_down.fail = fail
     target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
-    m = run(target, tmp_path, bodies(2), until=lambda d: len(d.queue) == 0)
+    m, _ = drain(target, tmp_path, bodies(2))
     # first request: throttled with RetryInfo 0.5 s, then accepted; second: throttled without, dropped
     assert [r.raw for r in grpc_down.received] == bodies(2)[:1]
     assert stamps[1] - stamps[0] >= 0.5
@@ -90,7 +65,7 @@ def test_grpc_resource_exhausted_is_retried_only_with_retry_info(grpc_down: Grpc
 def test_grpc_headers_arrive_as_metadata(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
     target = ForwardTarget("hc", grpc_down.endpoint, "grpc", headers=(("x-honeycomb-team", "hc-key-123"),),
                            compression="gzip", **FAST)
-    run(target, tmp_path, bodies(1), until=lambda d: len(d.queue) == 0)
+    drain(target, tmp_path, bodies(1))
     (got,) = grpc_down.received
     assert got.headers["x-honeycomb-team"] == "hc-key-123"
     assert got.raw == bodies(1)[0]
@@ -106,7 +81,7 @@ def test_http_retryable_statuses_honour_retry_after(http_down: HttpDownstream, t
 
     http_down.fail = fail
     target = ForwardTarget("h", http_down.endpoint, "http", **FAST)
-    m = run(target, tmp_path, bodies(1), until=lambda d: len(d.queue) == 0)
+    m, _ = drain(target, tmp_path, bodies(1))
     assert [r.raw for r in http_down.received] == bodies(1)
     assert stamps[1] - stamps[0] >= 1.0  # Retry-After: 1, not the 50 ms backoff
     assert sample(m, "otel_patter_forward_retries_total", downstream="h") == 1
@@ -116,7 +91,7 @@ def test_http_retryable_statuses_honour_retry_after(http_down: HttpDownstream, t
 def test_http_other_errors_are_dropped_not_retried(http_down: HttpDownstream, tmp_path: Path, status: int) -> None:
     http_down.fail = lambda signal: (status, None) if http_down.attempts == 1 else None
     target = ForwardTarget("h", http_down.endpoint, "http", **FAST)
-    m = run(target, tmp_path, bodies(2), until=lambda d: len(d.queue) == 0)
+    m, _ = drain(target, tmp_path, bodies(2))
     assert [r.raw for r in http_down.received] == bodies(2)[1:]
     assert sample(m, "otel_patter_forward_dropped_total", downstream="h", reason="rejected") == 1
     assert sample(m, "otel_patter_forward_retries_total", downstream="h") == 0
@@ -125,7 +100,7 @@ def test_http_other_errors_are_dropped_not_retried(http_down: HttpDownstream, tm
 def test_http_posts_gzip_with_headers_to_v1_traces(http_down: HttpDownstream, tmp_path: Path) -> None:
     target = ForwardTarget("hc", http_down.endpoint + "/v1/traces", "http", compression="gzip",
                            headers=(("x-honeycomb-team", "hc-key-123"), ("x-honeycomb-dataset", "calls")), **FAST)
-    run(target, tmp_path, bodies(1), until=lambda d: len(d.queue) == 0)
+    drain(target, tmp_path, bodies(1))
     (got,) = http_down.received
     assert got.headers["x-honeycomb-team"] == "hc-key-123"
     assert got.headers["x-honeycomb-dataset"] == "calls"
@@ -153,7 +128,7 @@ def test_readiness_reports_a_failing_downstream_without_being_unready(tmp_path: 
         checks["now"] = d.check()
         return d.failures >= 2
 
-    m = run(target, tmp_path, bodies(1), until=failing)
+    m, _ = drain(target, tmp_path, bodies(1), until=failing)
     assert checks["now"].startswith("failing for ")
     assert "(UNAVAILABLE)" in checks["now"]
     assert "1 requests" in checks["now"] and "readiness is unaffected" in checks["now"]

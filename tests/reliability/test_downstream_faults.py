@@ -24,7 +24,7 @@ import pytest
 from otel_patter.config import ForwardTarget
 from otel_patter.exporters.forward import Downstream, ForwardMetrics
 from otel_patter.selfmetrics import SelfMetrics
-from tests.exporters.downstreams import GrpcDownstream, HttpDownstream
+from tests.exporters.downstreams import GrpcDownstream, HttpDownstream, drain, sample
 from tests.otlp import request, span
 from tests.reliability.harness import rss_kib
 from tests.server import free_port
@@ -157,34 +157,6 @@ def _bodies(n: int, size: int = 0) -> list[bytes]:
                     ).SerializeToString() for i in range(n)]
 
 
-def _run(target: ForwardTarget, root: Path, bodies: list[bytes], until_s: float = 60.0,
-         ) -> tuple[SelfMetrics, int, list[int]]:
-    """Enqueue `bodies`, run the sender until the queue is empty (or `until_s`): metrics, bytes left, queue sizes."""
-    metrics = SelfMetrics()
-    sizes: list[int] = []
-
-    async def main() -> int:
-        d = Downstream(target, root, ForwardMetrics(metrics), fsync=False)
-        await d.start()
-        try:
-            for b in bodies:
-                d.enqueue("traces", b, 1)
-            deadline = time.monotonic() + until_s
-            while len(d.queue) and time.monotonic() < deadline:
-                sizes.append(d.queue.bytes)
-                await asyncio.sleep(0.05)
-            return len(d.queue)
-        finally:
-            await d.shutdown()
-
-    left = asyncio.run(main())
-    return metrics, left, sizes
-
-
-def _sample(m: SelfMetrics, name: str, **labels: str) -> float:
-    return m.registry.get_sample_value(name, labels) or 0.0
-
-
 @pytest.mark.parametrize("faults", [["hang"], ["reset"], ["half"], ["garbage"], ["reset", "hang", "half", "reset"]],
                          ids=["timeout", "reset", "cut-answer", "garbage", "mixed"])
 def test_http_downstream_timeouts_and_resets_are_retried_until_everything_arrives_once(
@@ -192,15 +164,15 @@ def test_http_downstream_timeouts_and_resets_are_retried_until_everything_arrive
     bodies = _bodies(5)
     with ChaosProxy(http_down.port, faults) as proxy:
         target = ForwardTarget("h", proxy.endpoint, "http", timeout=1.0, **FAST)
-        m, left, _ = _run(target, tmp_path, bodies)
+        m, left = drain(target, tmp_path, bodies, timeout=60.0, poll_s=0.05)
     assert left == 0
     got = [r.raw for r in http_down.received]
     assert [b for i, b in enumerate(got) if b not in got[:i]] == bodies  # every record, in order
     # once each, but for a request whose answer was cut on the way: it arrived, we could not know, we sent it again
     # (at-least-once, as the OTLP spec has it; the receiving side dedupes, as our own rollup does)
     assert len(got) - len(bodies) <= faults.count("half"), len(got)
-    assert _sample(m, "otel_patter_forward_retries_total", downstream="h") >= 1
-    assert _sample(m, "otel_patter_forward_dropped_total", downstream="h", reason="rejected") == 0
+    assert sample(m, "otel_patter_forward_retries_total", downstream="h") >= 1
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="h", reason="rejected") == 0
     assert proxy.seen[: len(faults)] == faults
 
 
@@ -211,12 +183,12 @@ def test_grpc_downstream_resets_and_stalls_are_retried_until_everything_arrives(
     bodies = _bodies(5)
     with ChaosProxy(grpc_down.port, faults, stall_s=2.5) as proxy:
         target = ForwardTarget("g", proxy.endpoint, "grpc", timeout=1.0, **FAST)
-        m, left, _ = _run(target, tmp_path, bodies)
+        m, left = drain(target, tmp_path, bodies, timeout=60.0, poll_s=0.05)
     assert left == 0
     got = [r.raw for r in grpc_down.received]
     # a stalled request may be delivered late, after we gave up on it and sent it again (at least once)
     assert [b for i, b in enumerate(got) if b not in got[:i]] == bodies
-    assert _sample(m, "otel_patter_forward_retries_total", downstream="g") >= 1
+    assert sample(m, "otel_patter_forward_retries_total", downstream="g") >= 1
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
@@ -250,7 +222,7 @@ def test_a_connection_that_goes_silent_is_replaced(grpc_down: GrpcDownstream, ht
                 await d.shutdown()
 
         left = asyncio.run(main())
-    assert left == 0, (proxy.seen, _sample(metrics, "otel_patter_forward_retries_total", downstream="s"))
+    assert left == 0, (proxy.seen, sample(metrics, "otel_patter_forward_retries_total", downstream="s"))
     got = [r.raw for r in down.received]
     assert [b for i, b in enumerate(got) if b not in got[:i]] == bodies
     assert proxy.seen[0] == "blackhole" and len(proxy.seen) >= 2
@@ -284,7 +256,7 @@ def test_a_hanging_downstream_keeps_the_queue_in_its_bound_and_memory_flat(http_
 
         queued_bytes, queued = asyncio.run(main())
     assert queued_bytes <= bound and queued > 0
-    dropped = _sample(metrics, "otel_patter_forward_dropped_total", downstream="h", reason="queue_full")
+    dropped = sample(metrics, "otel_patter_forward_dropped_total", downstream="h", reason="queue_full")
     assert dropped >= 3 * len(bodies) - queued - 1
     assert not http_down.received
     assert len(proxy.seen) >= 2  # it did try, and retried
