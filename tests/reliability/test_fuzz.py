@@ -103,6 +103,15 @@ class HttpClient:
             self.conn.close()
             self.conn = None
 
+    @classmethod
+    def post_once(cls, port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        """One request on a connection of its own."""
+        client = cls(port)
+        try:
+            return client.post(path, body, headers)
+        finally:
+            client.close()
+
 
 def _check_http_answer(path: str, headers: dict[str, str], code: int, data: bytes, ctype: str) -> None:
     otlp_path = path in ("/v1/traces", "/v1/metrics", "/v1/logs")
@@ -129,11 +138,7 @@ def _check_http_answer(path: str, headers: dict[str, str], code: int, data: byte
 
 def _still_serves(s: InService) -> None:
     body = request([span("getpatter.tool", {"patter.call_id": "CA-after-fuzz"})]).SerializeToString()
-    c = HttpClient(s.http_port)
-    try:
-        code, data, _ = c.post("/v1/traces", body, {"Content-Type": PROTOBUF})
-    finally:
-        c.close()
+    code, data, _ = HttpClient.post_once(s.http_port, "/v1/traces", body, {"Content-Type": PROTOBUF})
     assert code == 200, data
     assert s.pipeline.rollup.get("CA-after-fuzz") is not None
 
@@ -243,11 +248,7 @@ def test_hostile_config_files_give_a_config_or_a_config_error(tmp_path: Path) ->
 def test_what_fuzzing_found_is_a_400(service: InService, body: bytes) -> None:
     """Found by this fuzzer: json_format raised OverflowError / SystemError (answered 500) on these."""
     service.errors.clear()
-    client = HttpClient(service.http_port)
-    try:
-        code, data, ctype = client.post("/v1/traces", body, {"Content-Type": JSON_CT})
-    finally:
-        client.close()
+    code, data, ctype = HttpClient.post_once(service.http_port, "/v1/traces", body, {"Content-Type": JSON_CT})
     assert code == 400, data
     _check_http_answer("/v1/traces", {}, code, data, ctype)
     assert not service.errors
