@@ -50,6 +50,7 @@ TRACE_MAP_MAX = 200_000
 TRACE_KEY_MASK = (1 << 60) - 1  # ints below 2**60 take 32 bytes
 EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
+HEAP_SLACK = 1024  # stale deadline entries tolerated beyond two per call before the heap is rebuilt
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
 RECOVER_ATTEMPTS = 3  # replays of one open call before it is left on disk (logged)
@@ -351,26 +352,35 @@ class RollupProcessor:
         # they cannot be written)
         hold = bool(self._traces_to_resolve) and not self._resolve_replayed_traces()
         heap = self._deadlines
-        for cid in self._touched:
+        for cid in self._touched:  # one live heap entry per call: a touch pushes only when its deadline moved
             state = self.calls.get(cid)
             if state is not None and not state.final:
-                heapq.heappush(heap, (self._deadline(state)[0], cid))
+                deadline = self._deadline(state)[0]
+                if deadline != state.due_at:
+                    state.due_at = deadline
+                    heapq.heappush(heap, (deadline, cid))
         self._touched.clear()
+        if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
+            heap[:] = [(at, cid) for at, cid in heap if (s := self.calls.get(cid)) is not None and at == s.due_at]
+            heapq.heapify(heap)
         due: set[str] = set()
         while heap and heap[0][0] <= now and not hold:
-            _, cid = heapq.heappop(heap)
+            at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
-            if state is None or state.final or cid in due:
-                continue
+            if state is None or state.final or cid in due or at != state.due_at:
+                continue  # gone, final, already due, or an entry its deadline has moved away from
             deadline, _reason = self._deadline(state)
             if now >= deadline:
                 due.add(cid)
+                state.due_at = None  # no live entry now: a failed finalization's retry or a reopen pushes again
             else:
+                state.due_at = deadline
                 heapq.heappush(heap, (deadline, cid))
         done = True
         if due:  # in call order, as a scan of every call would have finalized them
             for cid, state in [(c, self.calls[c]) for c in (self.calls if len(due) > 1 else due) if c in due]:
                 if stop_at is not None and time.perf_counter() >= stop_at:
+                    state.due_at = now
                     heapq.heappush(heap, (now, cid))  # still due: the next slice
                     done = False
                     continue

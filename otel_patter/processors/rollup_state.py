@@ -419,6 +419,7 @@ class CallState:
     final_at: float | None = None  # wall time the call last became final
     last_write: float = 0.0  # wall time of the last envelope write
     sdk: Any = None  # processors.sdk_report.SdkReports: the SDK's own call reports (sdk_ingest), if any
+    due_at: float | None = None  # the deadline of its live entry in rollup's deadline heap (older ones are stale)
 
     def add(self, rec: SpanRecord, arrival: float) -> bool:
         """Count one span; False (and nothing changes) when the call already counted it."""

@@ -1,0 +1,49 @@
+"""Rollup keeps one live deadline per open call: a call that sends in every tick for a long time neither
+grows the ticker's work nor its memory, and still ends exactly once when it goes silent."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from otel_patter.processors.rollup import HEAP_SLACK
+from tests.inproc import InProcess
+from tests.otlp import request, span
+
+CALL_ID = "CA0123456789abcdef0123456789abcdef"
+REQUESTS = HEAP_SLACK + 500
+
+
+def _tts_span(call_id: str) -> object:
+    return span("patter.billable", {"patter.call_id": call_id, "patter.side": "uut",
+                                    "patter.cost.tts_chars": 12, "patter.tts.provider": "elevenlabs"})
+
+
+def _send_one_span_per_tick(ip: InProcess, call_id: str, requests: int) -> None:
+    for _ in range(requests):
+        ip.pipeline.consume_traces(request([_tts_span(call_id)]), "grpc")
+        ip.pipeline.rollup.tick()
+
+
+def test_a_call_sending_in_every_tick_keeps_the_deadline_heap_within_its_slack(tmp_path: Path) -> None:
+    ip = InProcess(tmp_path / "log")
+    _send_one_span_per_tick(ip, CALL_ID, REQUESTS)
+    rollup = ip.pipeline.rollup
+    assert len(rollup._deadlines) <= HEAP_SLACK + 2
+    assert [cid for at, cid in rollup._deadlines if at == rollup.calls[CALL_ID].due_at] == [CALL_ID]
+
+
+def test_a_call_touched_in_every_tick_ends_once_when_its_idle_timeout_passes(tmp_path: Path) -> None:
+    ip = InProcess(tmp_path / "log", **{"rollup.idle_timeout": "60s"})
+    _send_one_span_per_tick(ip, CALL_ID, REQUESTS)
+    rollup = ip.pipeline.rollup
+    finalized = ip.pipeline.metrics.calls_finalized.labels("idle_timeout")
+    rollup.clock = lambda: time.time() + 61  # a minute of silence
+    rollup.tick()
+    rollup.tick()
+    env = rollup.get(CALL_ID)
+    assert env is not None
+    assert (env["status"], env["final_reason"], env["revision"]) == ("idle", "idle_timeout", 1)
+    assert [(u["provider"], u["chars"]) for u in env["usage"]["tts"]] == [("elevenlabs", 12 * REQUESTS)]
+    assert env["counts"]["spans"] == REQUESTS
+    assert finalized._value.get() == 1
