@@ -140,3 +140,12 @@ def test_metrics_and_logs_are_accepted_and_counted(server: ServerProc) -> None:
     _, metrics = server.get("/metrics")
     assert b"otel_patter_metric_points_received_total 1.0" in metrics
     assert b"otel_patter_log_records_received_total 1.0" in metrics
+
+
+def test_grpc_export_without_a_request_message_is_invalid_argument(server: ServerProc) -> None:
+    """A hand-built streaming client that half-closes before sending anything: refused, never a hang."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as ch:
+        export = ch.stream_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        with pytest.raises(grpc.RpcError) as err:
+            export(iter(()), timeout=10)
+    assert (err.value.code(), err.value.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "no request message")

@@ -3,8 +3,9 @@
 Each `Export` is registered as a stream-unary method (the same bytes on the wire as unary, so every
 OTLP client works): its handler runs as soon as the call starts, before the request message is read,
 so the bearer token and the memory limit are checked before a large message is taken in, and a refused
-call never reads its message at all. The message is then read as bytes and decoded here, so a
-malformed one is INVALID_ARGUMENT (grpc's own deserialization would answer INTERNAL).
+call never reads its message at all. The message is then read once (a second one, which no unary client
+sends, is ignored, as grpc's unary methods do) as bytes and decoded here, so a malformed one is
+INVALID_ARGUMENT (grpc's own deserialization would answer INTERNAL).
 """
 
 from __future__ import annotations
@@ -66,12 +67,9 @@ class _Service:
             self._auth.check_grpc(context)
             with self._memory.hold(self._signal) as hold:
                 hold.add(self._max, expansion=1)  # before the message is taken in: it may be this large
-                raw = None
-                async for message in requests:
-                    if raw is not None:
-                        raise InvalidArgument("Export takes exactly one request message")
-                    raw = message
-                if raw is None:
+                # one read, as grpc's own unary path does: waiting for end-of-stream costs one more completion
+                raw = await context.read()
+                if raw is grpc.aio.EOF:
                     raise InvalidArgument("no request message")
                 hold.resize(len(raw), GRPC_EXPANSION)  # now its real size, and what processing it costs
                 request = parse(raw, PROTOBUF, self._request_type)
