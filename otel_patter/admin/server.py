@@ -70,6 +70,7 @@ class AdminServer:
         self.openapi = build_openapi(auth=self.auth.enabled, metrics_auth=self.auth.metrics_auth)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._finals = asyncio.Event()  # set (and replaced) whenever a call becomes final
+        self._wake_scheduled = False  # one wake-up per burst of finalizations, not one each (a self-pipe write)
         pipeline.rollup.on_final.append(self._on_final)
         self.draining = False  # set at shutdown: /readyz says 503 so load balancers stop sending
 
@@ -87,10 +88,12 @@ class AdminServer:
         return app
 
     def _on_final(self, _state: Any, _envelope: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if not self._wake_scheduled and self._loop is not None and not self._loop.is_closed():
+            self._wake_scheduled = True
             self._loop.call_soon_threadsafe(self._wake_list_waiters)
 
     def _wake_list_waiters(self) -> None:
+        self._wake_scheduled = False  # first: a call final after this point schedules the next wake-up
         event, self._finals = self._finals, asyncio.Event()
         event.set()
 
@@ -190,6 +193,7 @@ class AdminServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._wake_scheduled = False  # a wake-up scheduled on a loop that closed before running it
         # the OTLP listeners' read_timeout bounds how long a connection may idle or dribble its request head
         cfg = getattr(self.pipeline, "cfg", None)
         read_timeout = cfg.receivers.otlp.read_timeout if cfg is not None else 30.0

@@ -156,9 +156,14 @@ class CallMetrics(Stage):
                 before[key] = value
         turns = Multiset(top_side(state).ttfb_ms)
         latency = child(self.turn_latency, tenant)
-        for v in (turns - prev.turns).elements():
-            latency.observe(v)
-        prev.turns |= turns
+        if prev.turns:
+            for v in (turns - prev.turns).elements():
+                latency.observe(v)
+            prev.turns |= turns
+        else:  # the first finalization: all of them, in the same order (no multiset difference and union)
+            for v in turns.elements():
+                latency.observe(v)
+            prev.turns = turns
         if out.disconnect_reason is not None and not prev.disconnect_counted:
             child(self.disconnects, tenant, out.disconnect_reason).inc()
             prev.disconnect_counted = True

@@ -44,11 +44,26 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(s[lo] + (s[hi] - s[lo]) * (pos - lo), 3)
 
 
+def _percentiles(values: list[float], qs: tuple[float, ...]) -> list[float | None]:
+    """`percentile` at each of `qs`, sorting once."""
+    if not values:
+        return [None] * len(qs)
+    s = sorted(values)
+    last = len(s) - 1
+    out: list[float | None] = []
+    for q in qs:
+        pos = last * q
+        lo = math.floor(pos)
+        hi = min(lo + 1, last)
+        out.append(round(s[lo] + (s[hi] - s[lo]) * (pos - lo), 3))
+    return out
+
+
 def iso_ms(ns: int) -> str | None:
     if ns <= 0:
         return None
-    d = datetime.fromtimestamp(ns / 1e9, tz=UTC)
-    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+    # "YYYY-MM-DDTHH:MM:SS.mmm" (truncated, as strftime + microsecond // 1000), ~1 µs cheaper than strftime
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC).isoformat(timespec="milliseconds")[:23] + "Z"
 
 
 class _Pricer:
@@ -164,10 +179,11 @@ class _Pricer:
 
 
 def _latency(g: GroupAgg) -> dict[str, Any]:
+    p50, p95, p99 = _percentiles(g.ttfb_ms, (0.50, 0.95, 0.99))
     return {
-        "p50_ms": percentile(g.ttfb_ms, 0.50),
-        "p95_ms": percentile(g.ttfb_ms, 0.95),
-        "p99_ms": percentile(g.ttfb_ms, 0.99),
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
         "llm_ttft_p50_ms": percentile(g.ttft_ms, 0.50),
         "turn_p50_ms": percentile(g.turn_ms, 0.50),
         # each turn's ttfb (the figures behind p50/p95/p99), in the order the turns started
@@ -193,16 +209,27 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
                 call_models.setdefault(provider, model)
     warnings = dict(state.warnings)  # build-time warnings are recomputed on every build
     priced: dict[str, tuple[_Pricer, dict[str, Any]]] = {}
+    sdk_models = sdk_llm_models(state)
     for side, g in sides.items():
-        pricer = _Pricer(book, defaults, call_models, side, warnings, sdk_llm_models(state))
+        pricer = _Pricer(book, defaults, call_models, side, warnings, sdk_models)
         priced[side] = (pricer, pricer.usage(g))
     top_side = "uut" if "uut" in sides else next(iter(sides), "uut")
     top = sides.get(top_side, GroupAgg())
     top_pricer, top_usage = priced.get(top_side, (_Pricer(book, defaults, {}, top_side, {}), {}))
     unpriced = [u for p, _ in priced.values() for u in p.unpriced]
-    all_groups = GroupAgg()
-    for g in sides.values():
-        all_groups.merge(g)
+    if len(sides) == 1:  # the usual call: one side is all of it (read only below, so no merged copy)
+        all_groups = next(iter(sides.values()))
+    else:
+        all_groups = GroupAgg()
+        for g in sides.values():
+            all_groups.merge(g)
+    # per side once: the top-level figures repeat the top side's (copied, so no two envelope keys share a dict)
+    side_cost = {side: p.cost_dict() for side, (p, _u) in priced.items()}
+    side_latency = {side: _latency(g) for side, g in sides.items()}
+    top_cost = dict(side_cost[top_side]) if top_side in side_cost else top_pricer.cost_dict()
+    top_latency = side_latency.get(top_side)
+    top_latency = _latency(top) if top_latency is None else {**top_latency,
+                                                             "turns_ms": list(top_latency["turns_ms"])}
 
     duration_ms = max(0.0, (state.end_ns - state.start_ns) / 1e6) if state.start_ns else 0.0
     tel_minutes = sum(top.telephony.values(), Decimal(0))
@@ -239,17 +266,17 @@ def build_envelope(state: CallState, book: PriceBook, defaults: ModelDefaults) -
             "model": call_models.get(_first({p: n for (p, _m), (n, _o) in top.llm.items()}) or ""),
         },
         "turns": top.turns,
-        "cost": top_pricer.cost_dict(),
+        "cost": top_cost,
         "cost_complete": not unpriced,
         "unpriced": unpriced,
         "usage": top_usage,
-        "latency": _latency(top),
+        "latency": top_latency,
         "sides": {
             side: {
-                "cost": p.cost_dict(),
+                "cost": side_cost[side],
                 "usage": usage,
                 "turns": sides[side].turns,
-                "latency": _latency(sides[side]),
+                "latency": side_latency[side],
                 "counts": _counts(sides[side]),
                 "test_run_id": sorted(sides[side].test_run_ids),
             }

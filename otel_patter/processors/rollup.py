@@ -99,6 +99,7 @@ class RollupProcessor:
         # calls whose deadline may have moved since (a span, a finalize request, an SDK report, a restart)
         self._deadlines: list[tuple[float, str]] = []
         self._touched: set[str] = set()
+        self._finalized_by_reason: dict[str, Any] = {}  # labelled children: `labels()` locks and builds a key
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
         # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set), those
@@ -361,17 +362,17 @@ class RollupProcessor:
                     heapq.heappush(heap, (deadline, cid))
         self._touched.clear()
         if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
-            heap[:] = [(at, cid) for at, cid in heap if (s := self.calls.get(cid)) is not None and at == s.due_at]
+            heap[:] = [(at, cid) for at, cid in heap if (st := self.calls.get(cid)) is not None and at == st.due_at]
             heapq.heapify(heap)
-        due: set[str] = set()
+        due: dict[str, str] = {}  # call id -> its reason (kept: nothing changes a call's deadline until finalized)
         while heap and heap[0][0] <= now and not hold:
             at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
             if state is None or state.final or cid in due or at != state.due_at:
                 continue  # gone, final, already due, or an entry its deadline has moved away from
-            deadline, _reason = self._deadline(state)
+            deadline, reason = self._deadline(state)
             if now >= deadline:
-                due.add(cid)
+                due[cid] = reason
                 state.due_at = None  # no live entry now: a failed finalization's retry or a reopen pushes again
             else:
                 state.due_at = deadline
@@ -384,8 +385,7 @@ class RollupProcessor:
                     heapq.heappush(heap, (now, cid))  # still due: the next slice
                     done = False
                     continue
-                deadline, reason = self._deadline(state)
-                self._finalize(state, reason, now)
+                self._finalize(state, due[cid], now)
                 if not state.final:  # the store failed: try again at the next tick
                     self._touched.add(cid)
         if now >= self._evict_at:
@@ -422,9 +422,13 @@ class RollupProcessor:
         self._before_done.pop(state.call_id, None)
         self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
             {"open": False, "revision": state.revision, "reason": reason})
-        self.metrics.calls_finalized.labels(reason).inc()
-        log.info("call final", extra={"call_id": state.call_id, "revision": state.revision, "reason": reason,
-                                      "status": envelope.get("status")})
+        child = self._finalized_by_reason.get(reason)
+        if child is None:
+            child = self._finalized_by_reason[reason] = self.metrics.calls_finalized.labels(reason)
+        child.inc()
+        if log.isEnabledFor(logging.INFO):  # not even the `extra` dict when the level is above info
+            log.info("call final", extra={"call_id": state.call_id, "revision": state.revision, "reason": reason,
+                                          "status": envelope.get("status")})
         self._run_hooks(self.on_final, state, envelope)
         for fut in self._waiters.pop(state.call_id, []):
             if not fut.done():
@@ -459,7 +463,7 @@ class RollupProcessor:
     def _write(self, state: CallState, env: dict[str, Any] | None = None) -> dict[str, Any]:
         if env is None:
             env = self.envelope(state)
-        self.store.write_envelope(state.reldir, env)
+        self.store.put_envelope(state.reldir, env)
         self.metrics.envelope_writes.inc()
         state.dirty = False
         state.last_write = self.clock()

@@ -131,7 +131,7 @@ class FaultyFileOps(FileOps):
     def append(self, path: str | Path, data: bytes) -> None:
         self._faulty(super().append, path, data)
 
-    def write_atomic(self, path: Path, data: bytes) -> None:
+    def write_atomic(self, path: str | Path, data: bytes) -> None:
         self._faulty(super().write_atomic, path, data)
 
     def mkdirs(self, path: Path) -> None:
