@@ -10,6 +10,7 @@ chars or 10M tokens on one span) is dropped, counted and reported in the request
 from __future__ import annotations
 
 import math
+import sys
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -68,7 +69,25 @@ class UsageGuard(Stage):
         a record whose verdict the flat view cannot settle exactly is judged on its protobuf span."""
         verdicts: dict[int, str] = {}
         exact: list[int] = []
+        usage_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # a key set's usage keys (records repeat a few)
+        limit, no_limit = _LIMIT_GET, _FLOAT_MAX
         for i, rec in enumerate(batch.records):
+            # the common case, plainly valid (well-formed ids, every usage value a number in range), settled
+            # here; anything else gets `_check_record`'s full verdict
+            attrs = rec.attrs
+            if len(rec.trace_id) == 32 and len(rec.span_id) == 16 and len(rec.parent_span_id) in (0, 16) \
+                    and type(attrs) is dict:
+                ks = tuple(attrs)
+                keys = usage_keys.get(ks)
+                if keys is None:
+                    keys = usage_keys[ks] = tuple(k for k in ks if k.startswith(_PREFIXES))
+                for k in keys:
+                    v = attrs[k]
+                    t = type(v)
+                    if not ((t is int or t is float) and 0 <= v <= limit(k, no_limit)):
+                        break
+                else:
+                    continue
             problem = _check_record(rec)
             if problem is _EXACT:
                 exact.append(i)
@@ -113,6 +132,8 @@ class UsageGuard(Stage):
 
 
 _EXACT = object()  # the flat record cannot tell: judge the protobuf span
+_LIMIT_GET = LIMITS.get
+_FLOAT_MAX = sys.float_info.max  # the bound of a key with no limit: only inf is above it
 _NON_FINITE = frozenset({"nan", "inf", "-inf"})  # how a flat record spells a NaN or infinite double
 
 
@@ -126,7 +147,10 @@ def _check_record(rec: SpanRecord) -> str | object | None:
         return _EXACT
     for key, value in attrs.items():
         if key.startswith(_PREFIXES):
-            if type(value) is str and value in _NON_FINITE:
+            t = type(value)
+            if (t is int or t is float) and 0 <= value <= _LIMIT_GET(key, _FLOAT_MAX):
+                continue  # the common case, what `usage_problem` accepts (NaN and inf fail the comparison)
+            if t is str and value in _NON_FINITE:
                 return _EXACT
             problem = usage_problem(key, value)
             if problem is not None:
