@@ -697,20 +697,37 @@ class PiiProcessor(Stage):
                 clean.add(v)
             return True
 
-        def clean_attrs(attrs: dict[str, Any]) -> bool:
-            if type(attrs) is not dict:  # spans.DuplicateKeys: the protobuf has values the dict does not show
-                return False
-            for k, v in attrs.items():
+        plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+
+        def plan_of(ks: tuple[str, ...]) -> tuple[tuple[str, int], ...] | None:
+            """The keys whose values need a look (not raw), or None when one is dropped (the fast path ends)."""
+            todo = []
+            for k in ks:
                 d = keys.get(k)
                 if d is None:
                     d = decide(k)
                 if d == _DROP:
+                    return None
+                if d != _RAW:
+                    todo.append((k, d))
+            plans[ks] = plan = tuple(todo)
+            return plan
+
+        def clean_attrs(attrs: dict[str, Any]) -> bool:
+            if type(attrs) is not dict:  # spans.DuplicateKeys: the protobuf has values the dict does not show
+                return False
+            # the records of a request repeat a few key sets: each set's decisions are looked up once
+            ks = tuple(attrs)
+            plan = plans.get(ks)
+            if plan is None:
+                plan = plan_of(ks)
+                if plan is None:
                     return False
-                if d == _RAW:
-                    continue
+            for k, d in plan:
+                v = attrs[k]
                 t = type(v)
                 if t is str:
-                    if not clean_str(v, d):
+                    if v and v not in clean and not clean_str(v, d):  # clean_str's first test, inline
                         return False
                 elif t is list or t is dict:
                     return False
@@ -721,16 +738,21 @@ class PiiProcessor(Stage):
                 if ss.scope.version and not clean_str(ss.scope.version):
                     return False
         resources: set[int] = set()
+        last: dict[str, Any] | None = None
         for rec in records:
-            if id(rec.resource) not in resources:
+            if rec.resource is not last and id(rec.resource) not in resources:  # one shared dict, checked once
                 if not clean_attrs(rec.resource):
                     return False
                 resources.add(id(rec.resource))
-            if not clean_attrs(rec.attrs) or not clean_str(rec.name) or not clean_str(rec.status_message) \
-                    or not clean_str(rec.scope):
+            last = rec.resource
+            if not clean_attrs(rec.attrs):
                 return False
+            for v in (rec.name, rec.status_message, rec.scope):  # clean_str's first test, inline
+                if v and v not in clean and not clean_str(v):
+                    return False
             for ev in rec.events:
-                if not clean_str(ev["name"]) or not clean_attrs(ev["attrs"]):
+                v = ev["name"]
+                if (v and v not in clean and not clean_str(v)) or not clean_attrs(ev["attrs"]):
                     return False
         return True
 
