@@ -83,6 +83,7 @@ class SpanRecord:
         return (self.trace_id, self.span_id)
 
     def to_json(self) -> dict[str, Any]:
+        # EnvelopeStore.wal_lines builds this same dict inline (hot path): change both together
         return {
             "trace_id": self.trace_id,
             "span_id": self.span_id,

@@ -88,3 +88,30 @@ def test_files_are_0600_and_directories_0700(tmp_path: Path) -> None:
     assert d.stat().st_mode & 0o777 == 0o700
     assert (d / "spans.jsonl").stat().st_mode & 0o777 == 0o600
     assert (d / "metadata.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_wal_lines_are_the_wal_line_of_each_span_record_byte_for_byte() -> None:
+    """The batched WAL writer (hot path: one orjson call a span, the resource encoded once) writes exactly the
+    documented line of each record, which restart replay reads back into the same record."""
+    from otel_patter.spans import SpanRecord
+
+    resource = {"service.name": "patter-agent", "telemetry.sdk.language": "python", "patter.side": "uut"}
+    records = [
+        SpanRecord("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", "", "getpatter.tts", 1,
+                   1795478000_000000000, 1795478000_350000000, 0, "", {"patter.cost.tts_chars": 42,
+                   "patter.tts.provider": "elevenlabs", "patter.call_id": "CA0123456789abcdef0123456789abcdef"},
+                   [], resource, "getpatter", side="uut"),
+        SpanRecord("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7", "b7ad6b7169203331", "getpatter.llm", 1,
+                   1795478000_100000000, 1795478000_900000000, 2, "timeout\u2028", {"patter.llm.iteration": 0},
+                   [{"name": "llm.first_token", "time_ns": 1795478000_200000000, "attrs": {"x": [1, 2.5, True]}}],
+                   resource, "getpatter", side="driver"),
+    ]
+    ts = 1795478000.25
+    lines = EnvelopeStore.wal_lines(records, ts)
+    assert lines == "".join(EnvelopeStore.wal_line(r.to_json(), r.side, ts) + "\n" for r in records).encode()
+    pending = EnvelopeStore.wal_lines(records, ts, pending=True)
+    assert pending == "".join(EnvelopeStore.wal_line(r.to_json(), None, ts) + "\n" for r in records).encode()
+    replayed = [SpanRecord.from_json(json.loads(line)["data"]) for line in lines.split(b"\n")[:-1]]
+    assert replayed == [SpanRecord.from_json(r.to_json()) for r in records]
+    assert [(r.attrs, r.events, r.status_message) for r in replayed] == \
+        [(r.attrs, r.events, r.status_message) for r in records]

@@ -24,12 +24,15 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from otel_patter.processors.envelope import WRITER
 from otel_patter.store.paths import inside, makedirs_private
+
+if TYPE_CHECKING:
+    from otel_patter.spans import SpanRecord
 
 SCHEMA_VERSION = "1.0"
 DIR_MODE = 0o700
@@ -126,8 +129,7 @@ def dumps(obj: Any) -> str:
     return _encode(obj)
 
 
-_wal_head: list[Any] = [None, b""]  # (arrival time, its WAL line head) of the last `wal_lines`
-_SIDE_JSON: dict[str | None, bytes] = {None: b"null", "uut": b'"uut"', "driver": b'"driver"'}
+_wal_ts: list[Any] = [None, ""]  # (arrival time, its ISO form) of the last `wal_lines`
 
 
 class EnvelopeStore:
@@ -300,18 +302,35 @@ class EnvelopeStore:
                       "data": record_json})
 
     @staticmethod
-    def wal_lines(records: Iterable[tuple[dict[str, Any], str | None]], ts: float) -> bytes:
-        """`wal_line` of each (record_json, side) at one arrival time, as the bytes to append: the same
-        line, written by orjson (10x json), with the constant head encoded once per batch."""
-        last_ts, head = _wal_head
-        if ts != last_ts:  # one request appends to many calls at one arrival time: its head is made once
-            head = b'{"schema_version":"' + SCHEMA_VERSION.encode() + b'","ts":"' + iso_now(ts).encode() + \
-                b'","type":"span","side":'
-            _wal_head[:] = [ts, head]
+    def wal_lines(records: Iterable[SpanRecord], ts: float, *, pending: bool = False,
+                  resources: dict[int, Any] | None = None) -> bytes:
+        """`wal_line(record.to_json(), side)` of each record at one arrival time (side null when `pending`), as
+        the bytes to append: the same line, written by orjson (10x json) in one call per line (no concatenation
+        of heads). `resources` caches each shared resource dict's encoding (by id, for one request only)."""
+        last_ts, iso = _wal_ts
+        if ts != last_ts:  # one request appends to many calls at one arrival time: its timestamp is made once
+            iso = iso_now(ts)
+            _wal_ts[:] = [ts, iso]
+        if resources is None:
+            resources = {}
         enc = orjson.dumps
-        sides = _SIDE_JSON
-        return b"".join([head + (sides.get(side) or enc(side)) + b',"data":' + enc(data) + b"}\n"
-                         for data, side in records])
+        nl = orjson.OPT_APPEND_NEWLINE
+        out: list[bytes] = []
+        append = out.append
+        for r in records:
+            res = r.resource
+            frag = resources.get(id(res))
+            if frag is None:  # the records of a request share one resource dict: encoded once, spliced as is
+                frag = resources[id(res)] = orjson.Fragment(enc(res))
+            # `r.to_json()` built inline (same keys, same order), a method call and a dict store less per span
+            append(enc({"schema_version": SCHEMA_VERSION, "ts": iso, "type": "span",
+                        "side": None if pending else r.side,
+                        "data": {"trace_id": r.trace_id, "span_id": r.span_id, "parent_span_id": r.parent_span_id,
+                                 "name": r.name, "kind": r.kind, "start_ns": r.start_ns, "end_ns": r.end_ns,
+                                 "status": {"code": r.status_code, "message": r.status_message},
+                                 "attributes": r.attrs, "events": r.events, "resource": frag, "scope": r.scope}},
+                       option=nl))
+        return b"".join(out)
 
     @staticmethod
     def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:

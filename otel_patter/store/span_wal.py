@@ -6,7 +6,7 @@ the call's spans, so recovery always finds a WAL it can attribute.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from otel_patter.component import Stage, TraceBatch
 from otel_patter.selfmetrics import SelfMetrics
@@ -32,8 +32,9 @@ class SpanWal(Stage):
 def write_plan(store: EnvelopeStore, plan: WritePlan, arrival: float) -> None:
     """Append rollup's WritePlan: index entries, then one append per call, then the spans still pending."""
     lines = EnvelopeStore.wal_lines
+    resources: dict[int, Any] = {}  # the request's resource dicts, encoded once (ids live as long as the plan)
     store.append_index(plan.index)
     for cid, recs in plan.by_call.items():
-        store.append_wal_bytes(plan.reldirs[cid], lines([(r.to_json(), r.side) for r in recs], arrival))
+        store.append_wal_bytes(plan.reldirs[cid], lines(recs, arrival, resources=resources))
     if plan.pending:
-        store.append_pending_bytes(lines([(r.to_json(), None) for r in plan.pending], arrival))
+        store.append_pending_bytes(lines(plan.pending, arrival, pending=True, resources=resources))
