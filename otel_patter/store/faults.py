@@ -134,9 +134,9 @@ class FaultyFileOps(FileOps):
     def write_atomic(self, path: str | Path, data: bytes) -> None:
         self._faulty(super().write_atomic, path, data)
 
-    def mkdirs(self, path: Path) -> None:
+    def mkdirs(self, path: str | Path) -> None:
         rule = self._rule("mkdir")
-        if rule is not None and not path.is_dir():
+        if rule is not None and not os.path.isdir(path):
             raise self._fail(rule, path)
         super().mkdirs(path)
 

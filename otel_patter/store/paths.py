@@ -58,13 +58,23 @@ def inside(root: Path, candidate: Path) -> bool:
 
 def makedirs_private(path: Path | str, mode: int = 0o700) -> None:
     """`os.makedirs(path, mode, exist_ok=True)`, but every directory it creates gets `mode`, not only the last
-    one (os.makedirs gives intermediate ones 0o777 & ~umask: 0755, or 0777 under umask 0)."""
-    path = Path(path)
-    parent = path.parent
-    if parent != path and not parent.exists():
-        makedirs_private(parent, mode)
+    one (os.makedirs gives intermediate ones 0o777 & ~umask: 0755, or 0777 under umask 0). The directory is
+    made first and its parents only when it says they are missing: one syscall for a new call's directory."""
+    path = os.fspath(path)
+    try:
+        os.mkdir(path, mode)
+        return
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise
+        return
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if not parent or parent == path:
+            raise
+    makedirs_private(parent, mode)
     try:
         os.mkdir(path, mode)
     except FileExistsError:
-        if not path.is_dir():
+        if not os.path.isdir(path):
             raise
