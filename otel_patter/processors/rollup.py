@@ -34,7 +34,7 @@ from otel_patter.component import TraceBatch
 from otel_patter.config import Config
 from otel_patter.pricing import PriceBook
 from otel_patter.processors.envelope import ModelDefaults, build_envelope
-from otel_patter.processors.rollup_state import SIDES, CallState, explicit_side, first_call_id
+from otel_patter.processors.rollup_state import SIDES, CallState, SeenKeys, first_call_id
 from otel_patter.processors.sdk_report import WAL_TYPE as SDK_REPORT
 from otel_patter.processors.sdk_report import apply_report, replay_report, report_start, sdk_wal_line
 from otel_patter.selfmetrics import SelfMetrics
@@ -60,6 +60,7 @@ RECOVER_RETRY_S = 1.0  # after a restart, a failed replay or a failed write of r
 @dataclass(slots=True)
 class WritePlan:
     by_call: dict[str, list[SpanRecord]] = field(default_factory=dict)
+    packed: dict[str, list[bytes | None]] = field(default_factory=dict)  # by_call's keys, SeenKeys.pack()ed
     reldirs: dict[str, str] = field(default_factory=dict)
     index: list[dict[str, Any]] = field(default_factory=list)
     pending: list[SpanRecord] = field(default_factory=list)
@@ -102,6 +103,7 @@ class RollupProcessor:
         self._finalized_by_reason: dict[str, Any] = {}  # labelled children: `labels()` locks and builds a key
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
+        self._batch_sides: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}  # _side_of, inside assign
         # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set), those
         # whose replay failed (attempts, when to try again: time.monotonic), and those left on disk after
         # RECOVER_ATTEMPTS (replayed when a request names them). All of them are open calls.
@@ -155,16 +157,23 @@ class RollupProcessor:
     def _trace_call(self, trace_id: str) -> str | None:
         return self.trace_calls.get(hash(trace_id) & TRACE_KEY_MASK)
 
-    def _call_id_of(self, rec: SpanRecord) -> str | None:
-        return first_call_id(rec.attrs) or first_call_id(rec.resource)
-
-    def _side_of(self, rec: SpanRecord, state: CallState | None) -> str:
-        side = explicit_side(rec)
-        if side is None and state is not None:
-            instance = str(rec.resource.get("service.instance.id") or "")
+    def _side_of(self, rec: SpanRecord, cid: str, state: CallState | None) -> str:
+        """The span's explicit side, else the one side its instance declared in the call, else uut."""
+        resource = rec.resource
+        side = rec.attrs.get("patter.side") or resource.get("patter.side")  # the span's side, else its resource's
+        if side in SIDES:
+            return side  # type: ignore[no-any-return]
+        if state is None:
+            return "uut"
+        # inside assign neither the call's groups nor the batch's resources change: what a resource's instance
+        # declared in the call is looked up once per (call, resource) (the records of one request share one)
+        memo = self._batch_sides.get((cid, id(resource)))
+        if memo is None or memo[0] is not resource:
+            instance = str(resource.get("service.instance.id") or "")
             declared = {s for (i, s) in state.groups if i == instance and s in SIDES}
-            side = next(iter(declared)) if len(declared) == 1 else None
-        return side or "uut"
+            memo = self._batch_sides[(cid, id(resource))] = (
+                resource, next(iter(declared)) if len(declared) == 1 else "uut")
+        return memo[1]
 
     def _state(self, call_id: str) -> CallState | None:
         """The call in memory, else replayed from its WAL (evicted after finalization, or not replayed yet since a
@@ -191,10 +200,17 @@ class RollupProcessor:
         local_traces: dict[str, str] = {}
         ids: list[str | None] = []
         valid: dict[str, bool] = {}
+        last_resource: dict[str, Any] | None = None
+        own = False
+        resource_cid: str | None = None
         for rec in batch.records:
             cid = None
-            if rec.resource.get("service.name") != OWN_SERVICE:
-                cid = self._call_id_of(rec)
+            if rec.resource is not last_resource:  # the records of one request share one resource dict: read it once
+                last_resource = rec.resource
+                own = last_resource.get("service.name") == OWN_SERVICE
+                resource_cid = first_call_id(last_resource)
+            if not own:
+                cid = first_call_id(rec.attrs) or resource_cid  # call identity: the span's, then its resource's
                 ok = valid.get(cid) if cid is not None else True
                 if ok is None:
                     ok = valid[cid] = valid_call_id(cid)  # type: ignore[index,arg-type]
@@ -213,6 +229,7 @@ class RollupProcessor:
                 self._recover_call(cid)  # its spans (an OSError here: the pipeline refuses, the client retries)
         seen_now: set[tuple[str, str]] = set()
         self._batch_states = {}
+        self._batch_sides = {}
         for rec, cid in zip(batch.records, ids, strict=True):
             if cid == "":
                 continue
@@ -233,6 +250,7 @@ class RollupProcessor:
                 self._plan_span(plan, rec, cid, seen_now)
         batch.records = [r for recs in plan.by_call.values() for r in recs]
         self._batch_states = {}
+        self._batch_sides = {}
 
     def _plan_span(self, plan: WritePlan, rec: SpanRecord, cid: str, seen_now: set[tuple[str, str]]) -> None:
         states = self._batch_states  # assign changes no state: one lookup (or WAL reload) per call per batch
@@ -241,12 +259,16 @@ class RollupProcessor:
         else:
             state = states[cid] = self._state(cid)
         key = (rec.trace_id, rec.span_id)
-        if key in seen_now or (state is not None and key in state.seen):
+        if key in seen_now:
+            plan.duplicates += 1
+            return
+        packed = SeenKeys.pack(key)  # packed once: apply counts the span without searching the call's keys again
+        if state is not None and state.seen.has_packed(key, packed):
             plan.duplicates += 1
             return
         seen_now.add(key)
         rec.call_id = cid
-        rec.side = self._side_of(rec, state)
+        rec.side = self._side_of(rec, cid, state)
         if cid not in plan.reldirs:
             if state is not None:
                 plan.reldirs[cid] = state.reldir
@@ -256,7 +278,12 @@ class RollupProcessor:
                 reldir = relative_call_dir(cid, rec.start_ns or int(self.clock() * 1e9))
                 plan.reldirs[cid] = reldir
                 plan.index.append({"id": cid, "dir": reldir, "open": True, "revision": 1})
-        plan.by_call.setdefault(cid, []).append(rec)
+        recs = plan.by_call.get(cid)
+        if recs is None:
+            recs = plan.by_call[cid] = []
+            plan.packed[cid] = []
+        recs.append(rec)
+        plan.packed[cid].append(packed)
 
     # -- phase 2: apply (after the store made the plan durable) -------------------------------
     def apply(self, batch: TraceBatch) -> None:
@@ -275,10 +302,11 @@ class RollupProcessor:
             if state.final:
                 self._reopen(state)
             self._touched.add(cid)
-            add, learn = state.add, self._learn_trace
-            for rec in recs:
-                add(rec, now)
-                learn(rec.trace_id, cid)
+            # assign found these keys new and nothing ran in between but the WAL append: counted without a search
+            state.add_planned(recs, plan.packed[cid], now)
+            learn = self._learn_trace
+            for trace_id in dict.fromkeys([rec.trace_id for rec in recs]):  # each trace once, in first-seen order
+                learn(trace_id, cid)
         for rec in plan.resolved_pending:
             lst = self.pending.get(rec.trace_id)
             if lst:

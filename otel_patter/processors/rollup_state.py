@@ -56,11 +56,6 @@ def first_call_id(attrs: dict[str, Any]) -> str | None:
     return None
 
 
-def explicit_side(rec: SpanRecord) -> str | None:
-    v = rec.attrs.get("patter.side") or rec.resource.get("patter.side")
-    return v if v in SIDES else None
-
-
 def span_model(rec: SpanRecord) -> str | None:
     for k in MODEL_KEYS:
         v = rec.attrs.get(k)
@@ -84,6 +79,7 @@ _WATCHED = frozenset({"otel_patter.redacted_count", *ERROR_LAYER_KEYS, *DISCONNE
                       "patter.latency.ttfb_ms", "patter.latency.turn_ms", "patter.direction", *USAGE_KEYS,
                       LLM_INPUT, LLM_OUTPUT, *HANGUP_KEYS})
 _NONE: frozenset[str] = frozenset()
+_ZERO = Decimal(0)  # immutable: one shared start for every usage bucket
 # CallState.sides() of the last call asked: one module-wide slot, not a field, because the answer is merged
 # copies of the groups and keeping one per open call would double the memory of every open call
 _sides_memo: tuple[Any, int, int, dict[str, Any]] | None = None
@@ -126,6 +122,14 @@ class SeenKeys:
         if b is None:
             return self._odd is not None and key in self._odd
         return self._has(b)
+
+    pack = _pack  # for a caller that keeps the packed key (`assign` hands it to `CallState.add_planned`)
+
+    def has_packed(self, key: tuple[str, str], packed: bytes | None) -> bool:
+        """`key in self`, with `packed` = `pack(key)` already computed."""
+        if packed is None:
+            return self._odd is not None and key in self._odd
+        return self._has(packed)
 
     def add(self, key: tuple[str, str]) -> None:
         b = self._pack(key)
@@ -235,7 +239,8 @@ class GroupAgg:
             setattr(self, name, v)
         return v  # type: ignore[no-any-return]
 
-    def add(self, rec: SpanRecord, arrival: float) -> None:
+    def add(self, rec: SpanRecord, arrival: float, run_id: Any) -> None:
+        """Fold in one span; `run_id` is `rec.resource.get(TEST_RUN_KEY)` (read once per resource by the caller)."""
         a = rec.attrs
         # the watched keys this span has (most spans have none or one): every attribute rule below is gated on it
         present = _WATCHED.intersection(a) if a else _NONE
@@ -300,7 +305,6 @@ class GroupAgg:
             ttfb = float(a["patter.latency.ttfb_ms"])
             self._list("ttfb_ms").append(ttfb)
             self._list("ttfb_turns").append((rec.start_ns, ttfb))
-        run_id = rec.resource.get(TEST_RUN_KEY)
         if isinstance(run_id, str) and run_id and len(self.test_run_ids) < MAX_TEST_RUN_IDS:
             self._set("test_run_ids").add(run_id)
         if not present:
@@ -316,7 +320,7 @@ class GroupAgg:
                     has_cost = True
                     provider = sys.intern(str(a.get(provider_key) or "unknown"))  # one copy for every call
                     bucket: dict[str, Decimal] = self._dict(component)
-                    bucket[provider] = bucket.get(provider, Decimal(0)) + dec(a[key])
+                    bucket[provider] = bucket.get(provider, _ZERO) + dec(a[key])
         if LLM_INPUT in present or LLM_OUTPUT in present:
             has_cost = True
             model = span_model(rec)
@@ -422,35 +426,48 @@ class CallState:
     due_at: float | None = None  # the deadline of its live entry in rollup's deadline heap (older ones are stale)
 
     def add(self, rec: SpanRecord, arrival: float) -> bool:
-        """Count one span; False (and nothing changes) when the call already counted it."""
-        trace_id, span_id = rec.trace_id, rec.span_id
-        b = SeenKeys._pack((trace_id, span_id))
-        seen = self.seen
-        if b is not None:  # the common case, packed once
-            if seen._has(b):
-                return False
-            seen._add_new(b)
-        else:
-            key = (trace_id, span_id)
-            if key in seen:
-                return False
-            seen.add(key)
-        if self.trace_id is None:
-            self.trace_id = trace_id
-        start_ns = rec.start_ns
-        if start_ns and (not self.start_ns or start_ns < self.start_ns):
-            self.start_ns = start_ns
-        if rec.end_ns > self.end_ns:  # max() without the call
-            self.end_ns = rec.end_ns
-        resource = rec.resource
-        side = rec.attrs.get("patter.side") or resource.get("patter.side")  # explicit_side(), inline
-        gkey = (str(resource.get("service.instance.id") or ""), side if side in SIDES else None)
-        group = self.groups.get(gkey)
-        if group is None:
-            group = self.groups[gkey] = GroupAgg()
-        group.add(rec, arrival)
-        self.dirty = True
+        """Count one span; False (and nothing changes) when the call already counted it (restart replay; live
+        batches come through `add_planned`, their keys searched once in `assign`)."""
+        key = (rec.trace_id, rec.span_id)
+        packed = SeenKeys._pack(key)
+        if self.seen.has_packed(key, packed):
+            return False
+        self.add_planned([rec], [packed], arrival)
         return True
+
+    def add_planned(self, recs: list[SpanRecord], packed: list[bytes | None], arrival: float) -> None:
+        """Count spans `assign` planned for this call. It found each key new (to this call and to the batch) and
+        packed it (`packed[i]` = `SeenKeys.pack(recs[i].key)`), and nothing changes the call in between, so the
+        keys are not searched again. The WAL replay uses `add`, which dedupes."""
+        seen = self.seen
+        groups = self.groups
+        last_resource: dict[str, Any] | None = None
+        instance, resource_side, run_id = "", None, None
+        for rec, b in zip(recs, packed, strict=True):
+            if b is not None:
+                seen._add_new(b)
+            else:
+                seen.add((rec.trace_id, rec.span_id))
+            if self.trace_id is None:
+                self.trace_id = rec.trace_id
+            start_ns = rec.start_ns
+            if start_ns and (not self.start_ns or start_ns < self.start_ns):
+                self.start_ns = start_ns
+            if rec.end_ns > self.end_ns:
+                self.end_ns = rec.end_ns
+            resource = rec.resource
+            if resource is not last_resource:  # the records of one request share one resource dict: read it once
+                last_resource = resource
+                instance = str(resource.get("service.instance.id") or "")
+                resource_side = resource.get("patter.side")
+                run_id = resource.get(TEST_RUN_KEY)
+            side = rec.attrs.get("patter.side") or resource_side  # the span's side, else its resource's
+            gkey = (instance, side if side in SIDES else None)
+            group = groups.get(gkey)
+            if group is None:
+                group = groups[gkey] = GroupAgg()
+            group.add(rec, arrival, run_id)
+        self.dirty = True
 
     def sides(self) -> dict[str, GroupAgg]:
         """Resolve every group to a side and fold the groups of each side together.
