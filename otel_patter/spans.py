@@ -82,8 +82,9 @@ class SpanRecord:
         """Dedupe key: a client retry re-sends the same trace id + span id."""
         return (self.trace_id, self.span_id)
 
-    def to_json(self) -> dict[str, Any]:
-        # EnvelopeStore.wal_lines builds this same dict inline (hot path): change both together
+    def to_json(self, resource: Any = None) -> dict[str, Any]:
+        """The WAL line's `data`; `resource`, when given, stands for `self.resource` (the WAL writer passes the
+        request's shared resource already encoded)."""
         return {
             "trace_id": self.trace_id,
             "span_id": self.span_id,
@@ -95,7 +96,7 @@ class SpanRecord:
             "status": {"code": self.status_code, "message": self.status_message},
             "attributes": self.attrs,
             "events": self.events,
-            "resource": self.resource,
+            "resource": self.resource if resource is None else resource,
             "scope": self.scope,
         }
 

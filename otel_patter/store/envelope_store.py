@@ -324,13 +324,8 @@ class EnvelopeStore:
             frag = resources.get(id(res))
             if frag is None:  # the records of a request share one resource dict: encoded once, spliced as is
                 frag = resources[id(res)] = orjson.Fragment(enc(res))
-            # `r.to_json()` built inline (same keys, same order), a method call and a dict store less per span
             append(enc({"schema_version": SCHEMA_VERSION, "ts": iso, "type": "span",
-                        "side": None if pending else r.side,
-                        "data": {"trace_id": r.trace_id, "span_id": r.span_id, "parent_span_id": r.parent_span_id,
-                                 "name": r.name, "kind": r.kind, "start_ns": r.start_ns, "end_ns": r.end_ns,
-                                 "status": {"code": r.status_code, "message": r.status_message},
-                                 "attributes": r.attrs, "events": r.events, "resource": frag, "scope": r.scope}},
+                        "side": None if pending else r.side, "data": r.to_json(frag)},
                        option=nl))
         return b"".join(out)
 
