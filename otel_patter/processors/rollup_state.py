@@ -8,6 +8,7 @@ late-arriving cost span still moves earlier stage spans to the right side.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -72,6 +73,25 @@ def span_model(rec: SpanRecord) -> str | None:
 
 def _is_framework_span(rec: SpanRecord) -> bool:
     return not rec.name.startswith(PATTER_SPAN_PREFIXES)
+
+
+def _as_ms(v: Any) -> float | None:
+    """An attribute the usage guard does not judge, as a finite float (a number, or a string that spells one);
+    None for anything else, which is ignored: one odd value must not stop a call from being counted, live or
+    when its WAL is replayed after a restart."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _as_count(v: Any) -> int:
+    """`_as_ms` for a count: 0 for what is not a number."""
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 # every span attribute `GroupAgg.add` reads (name-specific rules aside): a span with none of them skips the rules
@@ -252,7 +272,7 @@ class GroupAgg:
         explicit_layer = None
         if present:  # most spans have no watched attribute: skip these checks at once
             if "otel_patter.redacted_count" in present:
-                self.redactions += int(a["otel_patter.redacted_count"] or 0)
+                self.redactions += _as_count(a["otel_patter.redacted_count"])
             if not present.isdisjoint(ERROR_LAYER_KEYS):
                 explicit_layer = next((a[k] for k in ERROR_LAYER_KEYS if isinstance(a.get(k), str) and a[k]),
                                       None)
@@ -279,7 +299,9 @@ class GroupAgg:
                 if ev["name"] == FIRST_TOKEN_EVENT and ev["time_ns"] >= rec.start_ns:
                     self._list("ttft_ms").append((ev["time_ns"] - rec.start_ns) / 1e6)
             if "getpatter.llm.ttft_ms" in a and not any(e["name"] == FIRST_TOKEN_EVENT for e in events):
-                self._list("ttft_ms").append(float(a["getpatter.llm.ttft_ms"]))
+                ttft = _as_ms(a["getpatter.llm.ttft_ms"])
+                if ttft is not None:
+                    self._list("ttft_ms").append(ttft)
         elif name == "getpatter.bargein":
             self.barge_ins += 1
         elif name == "getpatter.tool":
@@ -439,6 +461,7 @@ class CallState:
         """Count spans `assign` planned for this call. It found each key new (to this call and to the batch) and
         packed it (`packed[i]` = `SeenKeys.pack(recs[i].key)`), and nothing changes the call in between, so the
         keys are not searched again. The WAL replay uses `add`, which dedupes."""
+        self.dirty = True  # first: whatever a span below changes is written with the next envelope
         seen = self.seen
         groups = self.groups
         last_resource: dict[str, Any] | None = None
@@ -467,7 +490,6 @@ class CallState:
             if group is None:
                 group = groups[gkey] = GroupAgg()
             group.add(rec, arrival, run_id)
-        self.dirty = True
 
     def sides(self) -> dict[str, GroupAgg]:
         """Resolve every group to a side and fold the groups of each side together.
