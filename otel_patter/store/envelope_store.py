@@ -42,6 +42,9 @@ PROBE_BYTES = 4096  # what `probe` writes to see whether a failing disk takes wr
 _CALL_RELDIR = re.compile(r"calls/\d{4}/\d{2}/\d{2}/[A-Za-z0-9._-]+")  # what paths.relative_call_dir makes
 
 
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)  # what Path.exists() reads as "not there"
+
+
 class StoreError(OSError):
     """A write failed; the request that needed it must be refused (UNAVAILABLE), not acked."""
 
@@ -277,7 +280,9 @@ class EnvelopeStore:
         try:
             os.stat(target)
             theirs = not self._is_ours(target)
-        except OSError:  # none yet (Path.exists, without its cost)
+        except OSError as e:  # none yet (Path.exists, without its cost); any other error is raised, as it did
+            if e.errno not in _ABSENT:
+                raise
             theirs = False
         if theirs:
             target = f"{d}/otel-patter.json"
