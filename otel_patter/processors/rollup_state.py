@@ -119,7 +119,8 @@ class SeenKeys:
         self._odd: set[tuple[str, str]] | None = None
 
     @staticmethod
-    def _pack(key: tuple[str, str]) -> bytes | None:
+    def pack(key: tuple[str, str]) -> bytes | None:
+        """A key's 24 bytes, or None when it is not hex of the right lengths (kept as it is)."""
         trace_id, span_id = key
         if len(trace_id) != 32 or len(span_id) != 16:
             return None
@@ -138,12 +139,7 @@ class SeenKeys:
         return i != -1
 
     def __contains__(self, key: object) -> bool:
-        b = self._pack(key)  # type: ignore[arg-type]
-        if b is None:
-            return self._odd is not None and key in self._odd
-        return self._has(b)
-
-    pack = _pack  # for a caller that keeps the packed key (`assign` hands it to `CallState.add_planned`)
+        return self.has_packed(key, self.pack(key))  # type: ignore[arg-type]
 
     def has_packed(self, key: tuple[str, str], packed: bytes | None) -> bool:
         """`key in self`, with `packed` = `pack(key)` already computed."""
@@ -152,7 +148,7 @@ class SeenKeys:
         return self._has(packed)
 
     def add(self, key: tuple[str, str]) -> None:
-        b = self._pack(key)
+        b = self.pack(key)
         if b is None:
             if self._odd is None:
                 self._odd = set()
@@ -451,7 +447,7 @@ class CallState:
         """Count one span; False (and nothing changes) when the call already counted it (restart replay; live
         batches come through `add_planned`, their keys searched once in `assign`)."""
         key = (rec.trace_id, rec.span_id)
-        packed = SeenKeys._pack(key)
+        packed = SeenKeys.pack(key)
         if self.seen.has_packed(key, packed):
             return False
         self.add_planned([rec], [packed], arrival)
