@@ -62,17 +62,17 @@ def makedirs_private(path: Path | str, mode: int = 0o700) -> None:
     made first and its parents only when it says they are missing: one syscall for a new call's directory."""
     path = os.fspath(path)
     try:
-        os.mkdir(path, mode)
-        return
-    except FileExistsError:
-        if not os.path.isdir(path):
-            raise
-        return
+        _mkdir(path, mode)
     except FileNotFoundError:
         parent = os.path.dirname(path)
         if not parent or parent == path:
             raise
-    makedirs_private(parent, mode)
+        makedirs_private(parent, mode)
+        _mkdir(path, mode)
+
+
+def _mkdir(path: str, mode: int) -> None:
+    """`os.mkdir`; a directory already there is fine, anything else there is not."""
     try:
         os.mkdir(path, mode)
     except FileExistsError:
