@@ -44,7 +44,7 @@ def test_envelope_beside_an_sdk_metadata_never_overwrites_it(tmp_path: Path) -> 
     sdk_meta = {"schema_version": "1.0", "call_id": "CAx", "status": "completed"}
     (d / "metadata.json").write_text(json.dumps(sdk_meta))
     written = store.write_envelope("calls/2026/11/23/CAx", {"writer": "otel-patter", "call_id": "CAx"})
-    assert written.name == "otel-patter.json"
+    assert Path(written).name == "otel-patter.json"
     assert json.loads((d / "metadata.json").read_text()) == sdk_meta
     assert store.read_envelope("calls/2026/11/23/CAx") == {"writer": "otel-patter", "call_id": "CAx"}
 

@@ -491,7 +491,7 @@ class RollupProcessor:
     def _write(self, state: CallState, env: dict[str, Any] | None = None) -> dict[str, Any]:
         if env is None:
             env = self.envelope(state)
-        self.store.put_envelope(state.reldir, env)
+        self.store.write_envelope(state.reldir, env)
         self.metrics.envelope_writes.inc()
         state.dirty = False
         state.last_write = self.clock()
