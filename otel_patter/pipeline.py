@@ -40,7 +40,7 @@ from otel_patter.processors.rollup import RollupProcessor
 from otel_patter.processors.sdk_report import SdkReportProcessor
 from otel_patter.processors.usage_guard import UsageGuard
 from otel_patter.receivers.decode import Unavailable
-from otel_patter.selfmetrics import SelfMetrics
+from otel_patter.selfmetrics import LabelledChildren, SelfMetrics
 from otel_patter.spans import flatten
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError
 from otel_patter.store.hash_key import load_or_create_hash_key
@@ -91,6 +91,7 @@ class Pipeline:
         self.sdk_reports = SdkReportProcessor(cfg, self.pii, self.rollup, self.metrics)
         self.rollup.on_final.append(self.sdk_reports.on_final)
         self._redactions_synced: dict[str, int] = {}
+        self._child = LabelledChildren()  # per request: the traces path's labelled counters, looked up once
         self._ticker: asyncio.Task[None] | None = None
         self._last_sweep = 0.0
         self._last_probe = 0.0
@@ -158,8 +159,8 @@ class Pipeline:
         if not self.rollup.ready:
             raise Unavailable("otel-patter is recovering its state", retry_after=1.0)
         batch = TraceBatch(request=request, transport=transport, arrival=time.time())
-        self.metrics.requests.labels("traces", transport).inc()
-        self.metrics.spans_received.labels(transport).inc(
+        self._child(self.metrics.requests, "traces", transport).inc()
+        self._child(self.metrics.spans_received, transport).inc(
             sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
         # one pass over the protobuf attributes: the guard judges the flat records (and drops bad spans from
         # both); PII scrubs the protobuf; only when it changed something are the records read again

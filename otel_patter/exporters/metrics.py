@@ -38,6 +38,7 @@ from otel_patter.exporters import labels
 from otel_patter.exporters.summary import Outcome, outcome, top_side
 from otel_patter.pricing import PriceBook
 from otel_patter.processors.rollup_state import CallState
+from otel_patter.selfmetrics import LabelledChildren
 
 TURN_LATENCY_BUCKETS_MS = (100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000)
 CALL_COST_BUCKETS_USD = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -85,9 +86,7 @@ class CallMetrics(Stage):
                               registry=r)
         self.disconnects = Counter("patter_disconnects", "Calls by how they ended, when a span says it",
                                    ["tenant", "disconnect_reason"], registry=r)
-        # labelled children by (family, label values): `labels()` takes a lock and builds its key on every call
-        # (17 times a finalization); the cache is bounded as the families are (allowlists, tenant cap)
-        self._children: dict[tuple[Any, ...], Any] = {}
+        self._child = LabelledChildren()
         self._families: dict[str, Counter] = {
             "cost": self.cost, "stt": self.stt_seconds, "tts": self.tts_chars, "llm": self.llm_tokens,
             "telephony": self.telephony_minutes, "errors": self.errors,
@@ -167,13 +166,6 @@ class CallMetrics(Stage):
         if out.disconnect_reason is not None and not prev.disconnect_counted:
             child(self.disconnects, tenant, out.disconnect_reason).inc()
             prev.disconnect_counted = True
-
-    def _child(self, family: Any, *values: str) -> Any:
-        key = (id(family), *values)
-        c = self._children.get(key)
-        if c is None:
-            c = self._children[key] = family.labels(*values)
-        return c
 
     def _first_final(self, tenant: str, envelope: dict[str, Any]) -> None:
         child = self._child

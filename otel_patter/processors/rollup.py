@@ -37,7 +37,7 @@ from otel_patter.processors.envelope import ModelDefaults, build_envelope
 from otel_patter.processors.rollup_state import SIDES, CallState, SeenKeys, first_call_id
 from otel_patter.processors.sdk_report import WAL_TYPE as SDK_REPORT
 from otel_patter.processors.sdk_report import apply_report, replay_report, report_start, sdk_wal_line
-from otel_patter.selfmetrics import SelfMetrics
+from otel_patter.selfmetrics import LabelledChildren, SelfMetrics
 from otel_patter.spans import SpanRecord
 from otel_patter.store.envelope_store import EnvelopeStore, StoreError, parse_iso
 from otel_patter.store.paths import relative_call_dir, valid_call_id
@@ -100,7 +100,7 @@ class RollupProcessor:
         # calls whose deadline may have moved since (a span, a finalize request, an SDK report, a restart)
         self._deadlines: list[tuple[float, str]] = []
         self._touched: set[str] = set()
-        self._finalized_by_reason: dict[str, Any] = {}  # labelled children: `labels()` locks and builds a key
+        self._child = LabelledChildren()
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
         self._batch_sides: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}  # _side_of, inside assign
@@ -450,10 +450,7 @@ class RollupProcessor:
         self._before_done.pop(state.call_id, None)
         self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
             {"open": False, "revision": state.revision, "reason": reason})
-        child = self._finalized_by_reason.get(reason)
-        if child is None:
-            child = self._finalized_by_reason[reason] = self.metrics.calls_finalized.labels(reason)
-        child.inc()
+        self._child(self.metrics.calls_finalized, reason).inc()
         if log.isEnabledFor(logging.INFO):  # not even the `extra` dict when the level is above info
             log.info("call final", extra={"call_id": state.call_id, "revision": state.revision, "reason": reason,
                                           "status": envelope.get("status")})
