@@ -35,16 +35,10 @@ class ModelDefaults:
 
 def percentile(values: list[float], q: float) -> float | None:
     """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return None
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return round(s[lo] + (s[hi] - s[lo]) * (pos - lo), 3)
+    return percentiles(values, (q,))[0]
 
 
-def _percentiles(values: list[float], qs: tuple[float, ...]) -> list[float | None]:
+def percentiles(values: list[float], qs: tuple[float, ...]) -> list[float | None]:
     """`percentile` at each of `qs`, sorting once."""
     if not values:
         return [None] * len(qs)
@@ -179,7 +173,7 @@ class _Pricer:
 
 
 def _latency(g: GroupAgg) -> dict[str, Any]:
-    p50, p95, p99 = _percentiles(g.ttfb_ms, (0.50, 0.95, 0.99))
+    p50, p95, p99 = percentiles(g.ttfb_ms, (0.50, 0.95, 0.99))
     return {
         "p50_ms": p50,
         "p95_ms": p95,
