@@ -70,25 +70,8 @@ class UsageGuard(Stage):
         verdicts: dict[int, str] = {}
         exact: list[int] = []
         usage_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # a key set's usage keys (records repeat a few)
-        limit, no_limit = _LIMIT_GET, _FLOAT_MAX
         for i, rec in enumerate(batch.records):
-            # the common case, plainly valid (well-formed ids, every usage value a number in range), settled
-            # here; anything else gets `_check_record`'s full verdict
-            attrs = rec.attrs
-            if len(rec.trace_id) == 32 and len(rec.span_id) == 16 and len(rec.parent_span_id) in (0, 16) \
-                    and type(attrs) is dict:
-                ks = tuple(attrs)
-                keys = usage_keys.get(ks)
-                if keys is None:
-                    keys = usage_keys[ks] = tuple(k for k in ks if k.startswith(_PREFIXES))
-                for k in keys:
-                    v = attrs[k]
-                    t = type(v)
-                    if not ((t is int or t is float) and 0 <= v <= limit(k, no_limit)):
-                        break
-                else:
-                    continue
-            problem = _check_record(rec)
+            problem = _check_record(rec, usage_keys)
             if problem is _EXACT:
                 exact.append(i)
             elif problem is not None:
@@ -137,22 +120,27 @@ _FLOAT_MAX = sys.float_info.max  # the bound of a key with no limit: only inf is
 _NON_FINITE = frozenset({"nan", "inf", "-inf"})  # how a flat record spells a NaN or infinite double
 
 
-def _check_record(rec: SpanRecord) -> str | object | None:
+def _check_record(rec: SpanRecord, usage_keys: dict[tuple[str, ...], tuple[str, ...]]) -> str | object | None:
     """`UsageGuard._check` on a flat record: ids are hex there, values plain. Strings that may stand for a
-    non-finite double, and attributes with repeated keys (a flat dict keeps only the last), go to `_EXACT`."""
+    non-finite double, and attributes with repeated keys (a flat dict keeps only the last), go to `_EXACT`.
+    `usage_keys` caches, per request, which keys of a key set are usage keys (its records repeat a few sets)."""
     if len(rec.trace_id) != 32 or len(rec.span_id) != 16 or len(rec.parent_span_id) not in (0, 16):
         return "trace id must be 16 bytes and span ids 8"
     attrs = rec.attrs
     if type(attrs) is not dict:  # DuplicateKeys: the protobuf span has more than the dict shows
         return _EXACT
-    for key, value in attrs.items():
-        if key.startswith(_PREFIXES):
-            t = type(value)
-            if (t is int or t is float) and 0 <= value <= _LIMIT_GET(key, _FLOAT_MAX):
-                continue  # the common case, what `usage_problem` accepts (NaN and inf fail the comparison)
-            if t is str and value in _NON_FINITE:
-                return _EXACT
-            problem = usage_problem(key, value)
-            if problem is not None:
-                return f"{key} {problem}"
+    ks = tuple(attrs)
+    keys = usage_keys.get(ks)
+    if keys is None:
+        keys = usage_keys[ks] = tuple(k for k in ks if k.startswith(_PREFIXES))
+    for key in keys:
+        value = attrs[key]
+        t = type(value)
+        if (t is int or t is float) and 0 <= value <= _LIMIT_GET(key, _FLOAT_MAX):
+            continue  # the common case, what `usage_problem` accepts (NaN and inf fail the comparison)
+        if t is str and value in _NON_FINITE:
+            return _EXACT
+        problem = usage_problem(key, value)
+        if problem is not None:
+            return f"{key} {problem}"
     return None
