@@ -41,6 +41,9 @@ def test_bench_cli_json_has_every_key(tmp_path: Path) -> None:
     assert _number(result["envelope_writes_per_second"]) and result["envelope_writes_per_second"] >= 0
     assert _number(result["rss_mb_under_load"]) and result["rss_mb_under_load"] > 0
     assert result["spans_failed"] == 0
+    lat = [result[f"{q}_ack_ms"] for q in ("min", "p50", "p90", "p99", "max")]
+    assert all(_number(v) for v in lat) and lat == sorted(lat)  # the latency distribution, in order
+    assert _number(result["server_cpu_ms_per_load_request"]) and result["server_cpu_ms_per_load_request"] > 0
     assert result["rebuild_calls"] >= 100 and result["rebuild_calls_open"] >= 100
     assert "rebuild_seconds_10k" not in result  # only a 10k rebuild carries that name
     assert result["max_open_fds"] < result["nofile_limit"] == 1024
