@@ -47,3 +47,16 @@ def test_a_call_touched_in_every_tick_ends_once_when_its_idle_timeout_passes(tmp
     assert [(u["provider"], u["chars"]) for u in env["usage"]["tts"]] == [("elevenlabs", 12 * REQUESTS)]
     assert env["counts"]["spans"] == REQUESTS
     assert finalized._value.get() == 1
+
+
+def test_calls_due_in_one_tick_are_finalized_in_the_order_their_deadlines_passed(tmp_path: Path) -> None:
+    ip = InProcess(tmp_path / "log", **{"rollup.idle_timeout": "60s"})
+    rollup = ip.pipeline.rollup
+    first, second, third = (f"CA{n:032x}" for n in (1, 2, 3))
+    for cid in (first, second, third, first):  # the first call spoke last: its idle deadline is the latest
+        ip.pipeline.consume_traces(request([_tts_span(cid)]), "grpc")
+    finalized: list[str] = []
+    rollup.on_final.append(lambda state, envelope: finalized.append(state.call_id))
+    rollup.clock = lambda: time.time() + 61
+    rollup.tick()
+    assert finalized == [second, third, first]

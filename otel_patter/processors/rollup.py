@@ -99,6 +99,9 @@ class RollupProcessor:
         # finalization without looking at every call every tick: a heap of (when to look again, call id), and the
         # calls whose deadline may have moved since (a span, a finalize request, an SDK report, a restart)
         self._deadlines: list[tuple[float, str]] = []
+        # (when its debounce ends, call id) of open calls with changes not yet in their envelope file: one entry a
+        # call (`CallState.write_queued`), so a tick looks only at calls whose envelope is due, never at them all
+        self._envelopes_due: list[tuple[float, str]] = []
         self._touched: set[str] = set()
         self._child = LabelledChildren()
         self._evict_at = 0.0
@@ -383,11 +386,16 @@ class RollupProcessor:
         heap = self._deadlines
         for cid in self._touched:  # one live heap entry per call: a touch pushes only when its deadline moved
             state = self.calls.get(cid)
-            if state is not None and not state.final:
+            if state is None:
+                continue
+            if not state.final:
                 deadline = self._deadline(state)[0]
                 if deadline != state.due_at:
                     state.due_at = deadline
                     heapq.heappush(heap, (deadline, cid))
+            if state.dirty and not state.write_queued:
+                state.write_queued = True
+                heapq.heappush(self._envelopes_due, (state.last_write + ENVELOPE_DEBOUNCE_S, cid))
         self._touched.clear()
         if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
             heap[:] = [(at, cid) for at, cid in heap if (st := self.calls.get(cid)) is not None and at == st.due_at]
@@ -406,14 +414,15 @@ class RollupProcessor:
                 state.due_at = deadline
                 heapq.heappush(heap, (deadline, cid))
         done = True
-        if due:  # in call order, as a scan of every call would have finalized them
-            for cid, state in [(c, self.calls[c]) for c in (self.calls if len(due) > 1 else due) if c in due]:
+        if due:  # in deadline order, as popped (a scan of every call to keep their order cost O(calls) a slice)
+            for cid, reason in due.items():
+                state = self.calls[cid]
                 if stop_at is not None and time.perf_counter() >= stop_at:
                     state.due_at = now
                     heapq.heappush(heap, (now, cid))  # still due: the next slice
                     done = False
                     continue
-                self._finalize(state, due[cid], now)
+                self._finalize(state, reason, now)
                 if not state.final:  # the store failed: try again at the next tick
                     self._touched.add(cid)
         if now >= self._evict_at:
@@ -498,16 +507,39 @@ class RollupProcessor:
         """Write the envelopes of changed calls, each at most every ENVELOPE_DEBOUNCE_S (a new call's first one
         ENVELOPE_DEBOUNCE_S after it opened); `force` writes all now. False when `stop_at` (perf_counter) cut
         it short."""
+        if force:
+            for state in self.calls.values():
+                if state.dirty:
+                    try:
+                        self._write(state)
+                    except StoreError:
+                        self.metrics.store_errors.labels("envelope").inc()
+                        return True
+            return True
         now = self.clock()
-        for state in self.calls.values():
-            if state.dirty and (force or now - state.last_write >= ENVELOPE_DEBOUNCE_S):
-                if stop_at is not None and time.perf_counter() >= stop_at:
-                    return False
-                try:
-                    self._write(state)
-                except StoreError:
-                    self.metrics.store_errors.labels("envelope").inc()
-                    return True
+        heap = self._envelopes_due
+        while heap and heap[0][0] <= now:
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                return False
+            _, cid = heapq.heappop(heap)
+            state = self.calls.get(cid)
+            if state is None:
+                continue  # evicted
+            state.write_queued = False
+            if not state.dirty:
+                continue  # written since (a finalization writes it)
+            due_at = state.last_write + ENVELOPE_DEBOUNCE_S
+            if due_at > now:  # written since and changed again: its next write is due later
+                state.write_queued = True
+                heapq.heappush(heap, (due_at, cid))
+                continue
+            try:
+                self._write(state)
+            except StoreError:
+                self.metrics.store_errors.labels("envelope").inc()
+                state.write_queued = True
+                heapq.heappush(heap, (now, cid))  # the next tick tries again
+                return True
         return True
 
     # -- the SDK's own call reports (receivers/sdk_ingest) ----------------------------------------

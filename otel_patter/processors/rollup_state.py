@@ -442,6 +442,7 @@ class CallState:
     last_write: float = 0.0  # wall time of the last envelope write
     sdk: Any = None  # processors.sdk_report.SdkReports: the SDK's own call reports (sdk_ingest), if any
     due_at: float | None = None  # the deadline of its live entry in rollup's deadline heap (older ones are stale)
+    write_queued: bool = False  # it has an entry in rollup's heap of envelopes due
 
     def add(self, rec: SpanRecord, arrival: float) -> bool:
         """Count one span; False (and nothing changes) when the call already counted it (restart replay; live
