@@ -29,6 +29,7 @@ MIB = 1024 * 1024
 CHECK_INTERVAL_S = 0.1
 RELIEF_INTERVAL_S = 1.0
 RETRY_AFTER_S = 2.0
+RESAMPLE_BYTES = MIB  # a request that held this much (with its expansion) makes the next check read RSS afresh
 EXPANSION = 3  # memory a body costs while it is decoded and processed, per byte of (decompressed) body
 # over gRPC more: grpc core's copy of the message, Python's bytes of it, the parsed request (measured: 4.2x the
 # message's size at peak for a 6.7 MiB request, against 2x over HTTP; tests/reliability/test_memory_limit.py)
@@ -133,8 +134,11 @@ class Hold:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.limiter.holders -= 1
-        self.limiter.inflight -= self.bytes
+        lim = self.limiter
+        lim.holders -= 1
+        lim.inflight -= self.bytes
+        if self.bytes >= RESAMPLE_BYTES:  # what it took is in RSS now (if not given back): the next check reads it
+            lim._checked = -1e18
         self.bytes = 0
 
     def add(self, n: int, expansion: int = EXPANSION) -> None:

@@ -172,6 +172,39 @@ def test_the_limiter_reads_rss_at_most_every_100ms_and_refuses_over_it() -> None
     assert lim.inflight == 0
 
 
+def test_after_a_large_request_is_answered_the_next_check_reads_rss_afresh() -> None:
+    now = [0.0]
+    rss = [60 * MIB]
+    reads = [0]
+
+    def read() -> int:
+        reads[0] += 1
+        return rss[0]
+
+    lim = MemoryLimiter(96, clock=lambda: now[0], rss=read)
+    with lim.hold("traces") as h:
+        h.add(7 * MIB, expansion=5)  # 60 + 35 <= 96
+        rss[0] = 100 * MIB  # processing it: the allocator keeps what it took after the request is answered
+    assert reads[0] == 1
+    with lim.hold("traces") as h, pytest.raises(Unavailable):  # 100 MiB in use now, not the 60 read before
+        h.add(7 * MIB, expansion=5)
+    assert reads[0] >= 2
+
+
+def test_a_small_request_answered_leaves_the_cached_rss_reading_in_place() -> None:
+    reads = [0]
+
+    def read() -> int:
+        reads[0] += 1
+        return 60 * MIB
+
+    lim = MemoryLimiter(96, clock=lambda: 0.0, rss=read)
+    with lim.hold("traces") as h:
+        h.add(100_000)  # a 6.5-span request costs RSS reads at most every 100 ms
+    lim.check("traces", 100_000)
+    assert reads[0] == 1
+
+
 @pytest.mark.parametrize(("value", "ok"), [(256, True), ("512", True), (None, True), (0, False), (16, False),
                                            (-1, False), ("lots", False), (True, False), (2**40, False)])
 def test_memory_mib_is_validated(value: object, ok: bool) -> None:
