@@ -300,7 +300,30 @@ def _floor_rounds(modes: dict[str, Callable[[bytes], Any]], bodies: Sequence[byt
 
 
 # -- the server under test ----------------------------------------------------------------------------
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_port_rng = random.Random()
+
+
 def free_port() -> int:
+    """A loopback port free now, below the kernel's ephemeral range when there is room: a port the kernel handed
+    out (bind to 0) can be taken by any outgoing connection before the server binds it, or between its restarts."""
+    low = _ephemeral_low()
+    if low > 12_000:
+        for _ in range(50):
+            port = _port_rng.randrange(10_000, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
