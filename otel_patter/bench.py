@@ -800,13 +800,19 @@ def replicate_log_dir(log_dir: Path, want: int) -> int:
 
 def open_calls_phase(server: BenchServer, traffic: Traffic, points: Sequence[int], log: Callable[[str], None]
                      ) -> list[dict[str, Any]]:
-    """Open calls in steps; at each point: RSS per call over the idle RSS, marginal CPU per call."""
+    """Open calls in steps; at each point: RSS per call over the idle RSS, marginal CPU per call (each step's
+    CPU includes its calls' first envelope writes, ENVELOPE_DEBOUNCE_S after they opened, less idle CPU)."""
+    from otel_patter.processors.rollup import ENVELOPE_DEBOUNCE_S
+
     client = Client("grpc", f"127.0.0.1:{server.grpc_port}")
     time.sleep(1.0)
     base_rss = server.rss()
+    c0, w0 = proc_cpu_ns(server.pid), time.perf_counter()
+    time.sleep(1.0)
+    idle_rate = (proc_cpu_ns(server.pid) - c0) / 1e9 / (time.perf_counter() - w0)
     per_copy = traffic.open_calls
     sent_copies = 0
-    cpu_prev = server.cpu()
+    cpu_prev, wall_prev = server.cpu(), time.perf_counter()
     calls_prev = 0
     rss_prev = base_rss
     curve = []
@@ -818,8 +824,14 @@ def open_calls_phase(server: BenchServer, traffic: Traffic, points: Sequence[int
                 raise RuntimeError(f"open-calls phase: {failed} spans refused")
             sent_copies += copies
             calls = sent_copies * per_copy
-            cpu = server.cpu()
-            time.sleep(0.6)  # a couple of ticks: debounced envelope writes of the new calls happen here
+            # every open call's first envelope is written once its debounce has passed: wait for it (reading
+            # /metrics rarely: a scrape of 10k calls' metrics is CPU of its own)
+            time.sleep(ENVELOPE_DEBOUNCE_S + 0.5)
+            deadline = time.perf_counter() + 60
+            while server.metric("otel_patter_envelope_writes_total") < calls and time.perf_counter() < deadline:
+                time.sleep(1.0)
+            cpu, wall = server.cpu(), time.perf_counter()
+            cpu -= idle_rate * (wall - wall_prev)
             server.sample_fds()
             rss = server.rss()
             curve.append({"open_calls": calls, "rss_mb": round(rss / MIB, 1),
@@ -830,7 +842,7 @@ def open_calls_phase(server: BenchServer, traffic: Traffic, points: Sequence[int
                           "spans_acked": acked})
             log(f"  {calls} open calls: RSS {rss / MIB:.1f} MiB, {(rss - base_rss) / calls:.0f} B/call, "
                 f"{curve[-1]['cpu_ms_per_call']} ms CPU/call")
-            cpu_prev, calls_prev, rss_prev = cpu, calls, rss
+            cpu_prev, wall_prev, calls_prev, rss_prev = server.cpu(), time.perf_counter(), calls, rss
     finally:
         client.close()
     return curve
