@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -139,29 +140,38 @@ def test_without_a_limit_the_same_flood_goes_higher(tmp_path: Path, transport: s
     s.stop()
 
 
+class FakeProcess:
+    """A clock and an RSS the test moves, counting the limiter's RSS reads."""
+
+    def __init__(self, rss_mib: int) -> None:
+        self.now = 0.0
+        self.rss = rss_mib * MIB
+        self.reads = 0
+
+    def read(self) -> int:
+        self.reads += 1
+        return self.rss
+
+    def limiter(self, limit_mib: int, **kw: Any) -> MemoryLimiter:
+        return MemoryLimiter(limit_mib, clock=lambda: self.now, rss=self.read, **kw)
+
+
 def test_the_limiter_reads_rss_at_most_every_100ms_and_refuses_over_it() -> None:
-    now = [0.0]
-    rss = [50 * MIB]
-    reads = [0]
-
-    def read() -> int:
-        reads[0] += 1
-        return rss[0]
-
+    p = FakeProcess(50)
     refused: list[str] = []
-    lim = MemoryLimiter(100, clock=lambda: now[0], rss=read, on_refuse=refused.append)
+    lim = p.limiter(100, on_refuse=refused.append)
     for _ in range(100):
         lim.check("traces")
-    assert reads[0] == 1
-    rss[0] = 150 * MIB
+    assert p.reads == 1
+    p.rss = 150 * MIB
     lim.check("traces")  # the cached reading is still fresh
-    now[0] += 0.1
+    p.now += 0.1
     with pytest.raises(Unavailable) as e:
         lim.check("traces")
     assert e.value.retry_after and e.value.retry_after >= 1
     assert refused == ["traces"]
-    rss[0] = 50 * MIB
-    now[0] += 2.0
+    p.rss = 50 * MIB
+    p.now += 2.0
     with lim.hold("traces") as h1:
         h1.add(10 * MIB)  # 30 MiB held
         with lim.hold("logs") as h2, pytest.raises(Unavailable):
@@ -173,36 +183,24 @@ def test_the_limiter_reads_rss_at_most_every_100ms_and_refuses_over_it() -> None
 
 
 def test_after_a_large_request_is_answered_the_next_check_reads_rss_afresh() -> None:
-    now = [0.0]
-    rss = [60 * MIB]
-    reads = [0]
-
-    def read() -> int:
-        reads[0] += 1
-        return rss[0]
-
-    lim = MemoryLimiter(96, clock=lambda: now[0], rss=read)
+    p = FakeProcess(60)
+    lim = p.limiter(96)
     with lim.hold("traces") as h:
         h.add(7 * MIB, expansion=5)  # 60 + 35 <= 96
-        rss[0] = 100 * MIB  # processing it: the allocator keeps what it took after the request is answered
-    assert reads[0] == 1
+        p.rss = 100 * MIB  # processing it: the allocator keeps what it took after the request is answered
+    assert p.reads == 1
     with lim.hold("traces") as h, pytest.raises(Unavailable):  # 100 MiB in use now, not the 60 read before
         h.add(7 * MIB, expansion=5)
-    assert reads[0] >= 2
+    assert p.reads >= 2
 
 
 def test_a_small_request_answered_leaves_the_cached_rss_reading_in_place() -> None:
-    reads = [0]
-
-    def read() -> int:
-        reads[0] += 1
-        return 60 * MIB
-
-    lim = MemoryLimiter(96, clock=lambda: 0.0, rss=read)
+    p = FakeProcess(60)
+    lim = p.limiter(96)
     with lim.hold("traces") as h:
         h.add(100_000)  # a 6.5-span request costs RSS reads at most every 100 ms
     lim.check("traces", 100_000)
-    assert reads[0] == 1
+    assert p.reads == 1
 
 
 @pytest.mark.parametrize(("value", "ok"), [(256, True), ("512", True), (None, True), (0, False), (16, False),
