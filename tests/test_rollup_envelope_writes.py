@@ -96,3 +96,27 @@ def test_a_tick_writes_only_the_calls_whose_envelope_is_due(ip: InProcess, clock
     ip.pipeline.rollup.tick()
     assert _writes(ip) == 2
     assert [c for c in early + late if _on_disk(ip, c) is not None] == early
+
+
+def test_after_the_wall_clock_steps_back_a_reopened_call_is_written_a_debounce_after_its_last_write(
+        ip: InProcess, clock: Clock) -> None:
+    rollup = ip.pipeline.rollup
+    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    clock.offset = ENVELOPE_DEBOUNCE_S + 1
+    rollup.tick()  # its first write
+    clock.offset = ENVELOPE_DEBOUNCE_S + 2
+    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    rollup.tick()  # its next write is queued for a debounce after the first
+    clock.offset = -100.0  # NTP steps the clock back
+    assert rollup.request_finalize(CALL)
+    rollup.tick()  # the final write
+    assert _writes(ip) == 2
+    clock.offset = -99.0
+    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")  # a late span reopens it
+    rollup.tick()
+    clock.offset = -100.0 + ENVELOPE_DEBOUNCE_S + 1
+    rollup.tick()
+    assert _writes(ip) == 3
+    env = _on_disk(ip, CALL)
+    assert env is not None
+    assert (env["status"], env["revision"], env["counts"]["spans"]) == ("in_progress", 2, 3)

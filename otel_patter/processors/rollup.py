@@ -501,6 +501,7 @@ class RollupProcessor:
         self.metrics.envelope_writes.inc()
         state.dirty = False
         state.last_write = self.clock()
+        state.write_queued = False  # a queued entry was keyed on the previous write: stale now
         return env
 
     def flush_envelopes(self, force: bool = False, stop_at: float | None = None) -> bool:
@@ -521,24 +522,19 @@ class RollupProcessor:
         while heap and heap[0][0] <= now:
             if stop_at is not None and time.perf_counter() >= stop_at:
                 return False
-            _, cid = heapq.heappop(heap)
+            at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
-            if state is None:
-                continue  # evicted
+            if state is None or not state.write_queued or at != state.last_write + ENVELOPE_DEBOUNCE_S:
+                continue  # evicted, or written since (a finalization): the next change queues it again
             state.write_queued = False
             if not state.dirty:
-                continue  # written since (a finalization writes it)
-            due_at = state.last_write + ENVELOPE_DEBOUNCE_S
-            if due_at > now:  # written since and changed again: its next write is due later
-                state.write_queued = True
-                heapq.heappush(heap, (due_at, cid))
                 continue
             try:
                 self._write(state)
             except StoreError:
                 self.metrics.store_errors.labels("envelope").inc()
                 state.write_queued = True
-                heapq.heappush(heap, (now, cid))  # the next tick tries again
+                heapq.heappush(heap, (at, cid))  # the next tick tries again
                 return True
         return True
 
