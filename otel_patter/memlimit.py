@@ -141,24 +141,25 @@ class Hold:
             lim._checked = -1e18
         self.bytes = 0
 
-    def add(self, n: int, expansion: int = EXPANSION) -> None:
-        """Account for `n` more body bytes (raises Unavailable over the limit; nothing more is held then)."""
+    def add(self, n: int, expansion: int = EXPANSION, *, alone: bool | None = None) -> None:
+        """Account for `n` more body bytes (raises Unavailable over the limit; nothing more is held then).
+        `alone` (default: no other request holds bytes) lets it through over the limit while RSS is under it."""
         lim = self.limiter
         if lim.limit is None or n <= 0:
             return
         cost = n * expansion
-        lim.check(self.signal, cost, alone=lim.holders <= 1)
+        lim.check(self.signal, cost, alone=lim.holders <= 1 if alone is None else alone)
         lim.inflight += cost
         self.bytes += cost
 
-    def resize(self, n: int, expansion: int = EXPANSION) -> None:
+    def resize(self, n: int, expansion: int = EXPANSION, *, alone: bool | None = None) -> None:
         """Hold what a body of `n` bytes costs instead of an earlier estimate (checked when that is more)."""
         lim = self.limiter
         if lim.limit is None:
             return
         cost = max(0, n) * expansion
         if cost > self.bytes:
-            self.add(cost - self.bytes, expansion=1)
+            self.add(cost - self.bytes, expansion=1, alone=alone)
         else:
             lim.inflight -= self.bytes - cost
             self.bytes = cost

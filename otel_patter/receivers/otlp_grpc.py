@@ -71,7 +71,11 @@ class _Service:
                 raw = await context.read()
                 if raw is grpc.aio.EOF:
                     raise InvalidArgument("no request message")
-                hold.resize(len(raw), GRPC_EXPANSION)  # now its real size, and what processing it costs
+                # now its real size, and what processing it costs. Processing runs to the end without yielding,
+                # so no other request processes meanwhile: the others hold reservations for messages they have
+                # not read, and this one goes through while RSS is under the limit (else a flood of reservations
+                # could refuse every request at this step, and none would get through)
+                hold.resize(len(raw), GRPC_EXPANSION, alone=True)
                 request = parse(raw, PROTOBUF, self._request_type)
                 del raw
                 result = self._consume(request, "grpc")

@@ -5,6 +5,7 @@ resident set (VmHWM) within the limit plus what one request costs to process.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -192,6 +193,19 @@ def test_after_a_large_request_is_answered_the_next_check_reads_rss_afresh() -> 
     with lim.hold("traces") as h, pytest.raises(Unavailable):  # 100 MiB in use now, not the 60 read before
         h.add(7 * MIB, expansion=5)
     assert p.reads >= 2
+
+
+def test_a_grpc_request_with_its_message_in_hand_goes_through_past_others_reservations() -> None:
+    p = FakeProcess(60)
+    lim = p.limiter(96)
+    with contextlib.ExitStack() as stack:
+        holds = [stack.enter_context(lim.hold("traces")) for _ in range(4)]
+        for h in holds:
+            h.add(MAX_REQUEST_MIB * MIB, expansion=1)  # reserved before each message is read: 60 + 32 <= 96
+        with pytest.raises(Unavailable):
+            holds[1].resize(7 * MIB, GRPC_EXPANSION)  # as one of several: 60 + 32 + 27 > 96
+        holds[0].resize(7 * MIB, GRPC_EXPANSION, alone=True)  # processing runs alone, RSS is under the limit
+        assert holds[0].bytes == 7 * MIB * GRPC_EXPANSION
 
 
 def test_a_small_request_answered_leaves_the_cached_rss_reading_in_place() -> None:
