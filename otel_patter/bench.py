@@ -442,6 +442,14 @@ class BenchServer:
     def cpu(self) -> float:
         return proc_cpu_seconds(self.pid)
 
+    def idle_cpu_rate(self, seconds: float) -> float:
+        """CPU seconds per second while nothing is sent, over `seconds`, in nanosecond CPU (schedstat): a short
+        window of /proc clock ticks reads 0 % or 1 %, and that error, subtracted over a later window, would be
+        milliseconds per call."""
+        c0, w0 = proc_cpu_ns(self.pid), time.perf_counter()
+        time.sleep(seconds)
+        return (proc_cpu_ns(self.pid) - c0) / 1e9 / (time.perf_counter() - w0)
+
     def rss(self) -> int:
         return proc_rss_bytes(self.pid)
 
@@ -807,9 +815,7 @@ def open_calls_phase(server: BenchServer, traffic: Traffic, points: Sequence[int
     client = Client("grpc", f"127.0.0.1:{server.grpc_port}")
     time.sleep(1.0)
     base_rss = server.rss()
-    c0, w0 = proc_cpu_ns(server.pid), time.perf_counter()
-    time.sleep(1.0)
-    idle_rate = (proc_cpu_ns(server.pid) - c0) / 1e9 / (time.perf_counter() - w0)
+    idle_rate = server.idle_cpu_rate(1.0)
     per_copy = traffic.open_calls
     sent_copies = 0
     cpu_prev, wall_prev = server.cpu(), time.perf_counter()
@@ -1017,11 +1023,7 @@ def run_bench(seconds: float = 10.0, calls: int = 2000, *, endpoint: str | None 
             out["startup_seconds"] = round(server.start(), 3)
             server.sample_fds()
             time.sleep(1.0)
-            # nanosecond CPU (schedstat): a 1 s window of /proc clock ticks reads 0 % or 1 %, and that error,
-            # subtracted over the quiet calls' window below, would be ms per call
-            c0, w0 = proc_cpu_ns(server.pid), time.perf_counter()
-            time.sleep(2.0)
-            idle_cpu_rate = (proc_cpu_ns(server.pid) - c0) / 1e9 / (time.perf_counter() - w0)
+            idle_cpu_rate = server.idle_cpu_rate(2.0)  # subtracted over the quiet calls' window below
             out["idle_rss_mb"] = round(server.rss() / MIB, 1)
             out["idle_cpu_percent"] = round(idle_cpu_rate * 100, 3)
             grpc_target = f"127.0.0.1:{server.grpc_port}"
