@@ -78,6 +78,10 @@ class MemoryLimiter:
             self._checked = now
         return self._rss
 
+    def forget_rss(self) -> None:
+        """The next check reads RSS afresh instead of the cached reading."""
+        self._checked = -1e18
+
     def _fits(self, extra: int, alone: bool) -> bool:
         assert self.limit is not None
         rss = self.rss()
@@ -92,7 +96,7 @@ class MemoryLimiter:
         self._relieved = now
         gc.collect()
         _malloc_trim()
-        self._checked = -1e18  # measure again
+        self.forget_rss()
 
     def _refuse(self, signal: str) -> Unavailable:
         self.refused += 1
@@ -138,7 +142,7 @@ class Hold:
         lim.holders -= 1
         lim.inflight -= self.bytes
         if self.bytes >= RESAMPLE_BYTES:  # what it took is in RSS now (if not given back): the next check reads it
-            lim._checked = -1e18
+            lim.forget_rss()
         self.bytes = 0
 
     def add(self, n: int, expansion: int = EXPANSION, *, alone: bool | None = None) -> None:
