@@ -57,6 +57,11 @@ RECOVER_ATTEMPTS = 3  # replays of one open call before it is left on disk (logg
 RECOVER_RETRY_S = 1.0  # after a restart, a failed replay or a failed write of resolved pending spans: again after
 
 
+def _envelope_due_at(state: CallState) -> float:
+    """When an open call's next envelope write is due (its key in the heap of envelopes due)."""
+    return state.last_write + ENVELOPE_DEBOUNCE_S
+
+
 @dataclass(slots=True)
 class WritePlan:
     by_call: dict[str, list[SpanRecord]] = field(default_factory=dict)
@@ -395,7 +400,7 @@ class RollupProcessor:
                     heapq.heappush(heap, (deadline, cid))
             if state.dirty and not state.write_queued:
                 state.write_queued = True
-                heapq.heappush(self._envelopes_due, (state.last_write + ENVELOPE_DEBOUNCE_S, cid))
+                heapq.heappush(self._envelopes_due, (_envelope_due_at(state), cid))
         self._touched.clear()
         if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
             heap[:] = [(at, cid) for at, cid in heap if (st := self.calls.get(cid)) is not None and at == st.due_at]
@@ -510,12 +515,8 @@ class RollupProcessor:
         it short."""
         if force:
             for state in self.calls.values():
-                if state.dirty:
-                    try:
-                        self._write(state)
-                    except StoreError:
-                        self.metrics.store_errors.labels("envelope").inc()
-                        return True
+                if state.dirty and not self._write_counted(state):
+                    return True
             return True
         now = self.clock()
         heap = self._envelopes_due
@@ -524,18 +525,22 @@ class RollupProcessor:
                 return False
             at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
-            if state is None or not state.write_queued or at != state.last_write + ENVELOPE_DEBOUNCE_S:
+            if state is None or not state.write_queued or at != _envelope_due_at(state):
                 continue  # evicted, or written since (a finalization): the next change queues it again
             state.write_queued = False
-            if not state.dirty:
-                continue
-            try:
-                self._write(state)
-            except StoreError:
-                self.metrics.store_errors.labels("envelope").inc()
+            if state.dirty and not self._write_counted(state):
                 state.write_queued = True
                 heapq.heappush(heap, (at, cid))  # the next tick tries again
                 return True
+        return True
+
+    def _write_counted(self, state: CallState) -> bool:
+        """`_write`, with a store failure counted instead of raised (False): the caller stops for this tick."""
+        try:
+            self._write(state)
+        except StoreError:
+            self.metrics.store_errors.labels("envelope").inc()
+            return False
         return True
 
     # -- the SDK's own call reports (receivers/sdk_ingest) ----------------------------------------
