@@ -48,6 +48,12 @@ def span(name: str, attrs: dict[str, Any], *, trace: bytes | None = None, span_i
     return s
 
 
+def tts_span(call_id: str, chars: int = 12) -> Span:
+    """What a Patter call's agent side emits for one synthesized reply: a billable span with TTS characters."""
+    return span("patter.billable", {"patter.call_id": call_id, "patter.side": "uut",
+                                    "patter.cost.tts_chars": chars, "patter.tts.provider": "elevenlabs"})
+
+
 def request(spans: list[Span], resource: dict[str, Any] | None = None,
             scope: str = "patter") -> ExportTraceServiceRequest:
     req = ExportTraceServiceRequest()

@@ -8,20 +8,16 @@ from pathlib import Path
 
 from otel_patter.processors.rollup import HEAP_SLACK
 from tests.inproc import InProcess
-from tests.otlp import request, span
+from tests.otlp import request, tts_span
 
 CALL_ID = "CA0123456789abcdef0123456789abcdef"
 REQUESTS = HEAP_SLACK + 500
 
 
-def _tts_span(call_id: str) -> object:
-    return span("patter.billable", {"patter.call_id": call_id, "patter.side": "uut",
-                                    "patter.cost.tts_chars": 12, "patter.tts.provider": "elevenlabs"})
-
 
 def _send_one_span_per_tick(ip: InProcess, call_id: str, requests: int) -> None:
     for _ in range(requests):
-        ip.pipeline.consume_traces(request([_tts_span(call_id)]), "grpc")
+        ip.pipeline.consume_traces(request([tts_span(call_id)]), "grpc")
         ip.pipeline.rollup.tick()
 
 
@@ -54,7 +50,7 @@ def test_calls_due_in_one_tick_are_finalized_in_the_order_their_deadlines_passed
     rollup = ip.pipeline.rollup
     first, second, third = (f"CA{n:032x}" for n in (1, 2, 3))
     for cid in (first, second, third, first):  # the first call spoke last: its idle deadline is the latest
-        ip.pipeline.consume_traces(request([_tts_span(cid)]), "grpc")
+        ip.pipeline.consume_traces(request([tts_span(cid)]), "grpc")
     finalized: list[str] = []
     rollup.on_final.append(lambda state, envelope: finalized.append(state.call_id))
     rollup.clock = lambda: time.time() + 61

@@ -12,12 +12,7 @@ import pytest
 
 from otel_patter.processors.rollup import ENVELOPE_DEBOUNCE_S
 from tests.inproc import InProcess
-from tests.otlp import request, span
-
-
-def _tts_span(call_id: str, chars: int = 12) -> object:
-    return span("patter.billable", {"patter.call_id": call_id, "patter.side": "uut",
-                                    "patter.cost.tts_chars": chars, "patter.tts.provider": "elevenlabs"})
+from tests.otlp import request, tts_span
 
 
 class Clock:
@@ -57,7 +52,7 @@ CALL = "CA" + "7" * 32
 
 
 def test_a_new_call_envelope_is_written_once_its_debounce_has_passed(ip: InProcess, clock: Clock) -> None:
-    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")
     ip.pipeline.rollup.tick()
     assert _on_disk(ip, CALL) is None
     clock.offset = ENVELOPE_DEBOUNCE_S + 1
@@ -69,12 +64,12 @@ def test_a_new_call_envelope_is_written_once_its_debounce_has_passed(ip: InProce
 
 
 def test_a_call_that_keeps_changing_is_rewritten_at_most_once_per_debounce(ip: InProcess, clock: Clock) -> None:
-    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")
     clock.offset = ENVELOPE_DEBOUNCE_S + 1
     ip.pipeline.rollup.tick()
     assert _writes(ip) == 1
     for _ in range(5):  # five more spans, each followed by a tick, within one debounce
-        ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+        ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")
         ip.pipeline.rollup.tick()
     assert _writes(ip) == 1
     assert _on_disk(ip, CALL)["counts"]["spans"] == 1  # type: ignore[index]
@@ -88,9 +83,9 @@ def test_a_call_that_keeps_changing_is_rewritten_at_most_once_per_debounce(ip: I
 def test_a_tick_writes_only_the_calls_whose_envelope_is_due(ip: InProcess, clock: Clock) -> None:
     early = [f"CA{n:032x}" for n in range(1, 3)]
     late = [f"CA{n:032x}" for n in range(100, 400)]
-    ip.pipeline.consume_traces(request([_tts_span(c) for c in early]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(c) for c in early]), "grpc")
     clock.offset = 5.0
-    ip.pipeline.consume_traces(request([_tts_span(c) for c in late]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(c) for c in late]), "grpc")
     ip.pipeline.rollup.tick()
     clock.offset = ENVELOPE_DEBOUNCE_S + 1  # the early calls' debounce has passed, not the late ones'
     ip.pipeline.rollup.tick()
@@ -101,18 +96,18 @@ def test_a_tick_writes_only_the_calls_whose_envelope_is_due(ip: InProcess, clock
 def test_after_the_wall_clock_steps_back_a_reopened_call_is_written_a_debounce_after_its_last_write(
         ip: InProcess, clock: Clock) -> None:
     rollup = ip.pipeline.rollup
-    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")
     clock.offset = ENVELOPE_DEBOUNCE_S + 1
     rollup.tick()  # its first write
     clock.offset = ENVELOPE_DEBOUNCE_S + 2
-    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")
+    ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")
     rollup.tick()  # its next write is queued for a debounce after the first
     clock.offset = -100.0  # NTP steps the clock back
     assert rollup.request_finalize(CALL)
     rollup.tick()  # the final write
     assert _writes(ip) == 2
     clock.offset = -99.0
-    ip.pipeline.consume_traces(request([_tts_span(CALL)]), "grpc")  # a late span reopens it
+    ip.pipeline.consume_traces(request([tts_span(CALL)]), "grpc")  # a late span reopens it
     rollup.tick()
     clock.offset = -100.0 + ENVELOPE_DEBOUNCE_S + 1
     rollup.tick()
