@@ -451,6 +451,9 @@ class RollupProcessor:
             if self._before_done.get(state.call_id) != state.revision:  # not again on a finalize retry
                 self._run_hooks(self.before_final, state, envelope, durable=True)
                 self._before_done[state.call_id] = state.revision
+            trace_ids = state.seen.trace_ids()
+            if trace_ids:  # first: a call final in the index has its traces on disk (a late span finds it)
+                self.store.append_final_traces(state.call_id, trace_ids)
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
             self._write(state, envelope)
@@ -659,6 +662,12 @@ class RollupProcessor:
         self.index = self.store.read_index()
         self._unloaded = {cid: None for cid, entry in self.index.items() if entry.get("open", True)}
         self.store.compact_index(self.index)
+        learn = self._learn_trace  # the traces of final calls, as an uninterrupted run still knows them
+        for cid, trace_ids in self.store.read_final_traces():
+            entry = self.index.get(cid)
+            if entry is not None and not entry.get("open", True):  # an open call learns its own when replayed
+                for trace_id in trace_ids:
+                    learn(trace_id, cid)
         now = self.clock()
         for line in self.store.read_pending():
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -164,6 +165,18 @@ class SeenKeys:
         if len(self._buf) > 24 * self.SET_AFTER:
             self._big = {bytes(self._buf[i:i + 24]) for i in range(0, len(self._buf), 24)}
             self._buf = b""
+
+    def trace_ids(self) -> list[str]:
+        """The distinct trace ids of the keys (hex, as `SpanRecord.trace_id`)."""
+        if self._big is not None:
+            packed: Iterable[bytes] = self._big
+        else:
+            buf = self._buf
+            packed = (buf[i:i + 24] for i in range(0, len(buf), 24))
+        ids = dict.fromkeys(b[:16].hex() for b in packed)
+        if self._odd:  # keys kept as they are (a trace id of another length, or a normal one with an odd span id)
+            ids.update(dict.fromkeys(t for t, _ in sorted(self._odd)))
+        return list(ids)
 
     def __len__(self) -> int:
         n = len(self._big) if self._big is not None else len(self._buf) // 24

@@ -6,6 +6,7 @@ Layout under `log_dir` (research §3, DESIGN.md "Envelope store"):
     calls/YYYY/MM/DD/<dir>/spans.jsonl     append-only WAL of sanitized spans
     state/index.jsonl                      call id -> dir, open/final + revision (append-only)
     state/pending.jsonl                    spans still waiting for a call id
+    state/final-traces.jsonl               trace ids of the latest final calls (append-only, trimmed)
 
 Every write goes through `FileOps`, the fault seam tests use to inject ENOSPC/EROFS.
 Nothing here follows a symlink out of `log_dir`.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,11 +36,15 @@ from otel_patter.store.paths import inside, makedirs_private
 if TYPE_CHECKING:
     from otel_patter.spans import SpanRecord
 
+log = logging.getLogger("otel_patter.store")
+
 SCHEMA_VERSION = "1.0"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 OURS_MARKER = b'"writer": "otel-patter"'
 PROBE_BYTES = 4096  # what `probe` writes to see whether a failing disk takes writes again
+# the trace ids of the latest final calls kept across a restart: ~200k ids, what rollup's trace map holds
+FINAL_TRACES_KEEP_BYTES = 8 << 20
 _CALL_RELDIR = re.compile(r"calls/\d{4}/\d{2}/\d{2}/[A-Za-z0-9._-]+")  # what paths.relative_call_dir makes
 
 
@@ -142,6 +148,8 @@ class EnvelopeStore:
         self.state_dir = root / "state"
         self.index_path = self.state_dir / "index.jsonl"
         self.pending_path = self.state_dir / "pending.jsonl"
+        self.final_traces_path = self.state_dir / "final-traces.jsonl"
+        self._final_traces_bytes: int | None = None  # its size, read once, then counted
         self.retention_days = retention_days
         self.ops = ops or FileOps(fsync)
         self.error: str | None = None  # last write failure, for /readyz
@@ -267,6 +275,45 @@ class EnvelopeStore:
     def rewrite_pending(self, lines: list[str]) -> None:
         data = ("\n".join(lines) + "\n").encode() if lines else b""
         self._guard(self.ops.write_atomic, self.pending_path, data)
+
+    def append_final_traces(self, call_id: str, trace_ids: list[str]) -> None:
+        """Remember a final call's trace ids: rollup's trace map (how a span without a call id finds its call) is
+        memory, and after a restart a late span of a final call must still reopen it. Once the file holds twice
+        FINAL_TRACES_KEEP_BYTES it is cut to the latest lines."""
+        data = orjson.dumps({"id": call_id, "traces": trace_ids}, option=orjson.OPT_APPEND_NEWLINE)
+        self._guard(self.ops.append, self.final_traces_path, data)
+        size = self._final_traces_bytes
+        if size is None:
+            try:
+                size = os.stat(self.final_traces_path).st_size
+            except OSError:
+                size = len(data)
+        else:
+            size += len(data)
+        self._final_traces_bytes = size
+        if size > 2 * FINAL_TRACES_KEEP_BYTES:
+            self._trim_final_traces()
+
+    def _trim_final_traces(self) -> None:
+        """Keep the last FINAL_TRACES_KEEP_BYTES (whole lines). Best effort: a failure leaves the file longer."""
+        try:
+            with open(self.final_traces_path, "rb") as fh:
+                data = fh.read()
+            tail = data[-FINAL_TRACES_KEEP_BYTES:]
+            if len(tail) < len(data):
+                tail = tail[tail.find(b"\n") + 1:]  # from the first whole line
+            self.ops.write_atomic(self.final_traces_path, tail)
+            self._final_traces_bytes = len(tail)
+        except OSError as e:
+            self._final_traces_bytes = 0  # not again before another FINAL_TRACES_KEEP_BYTES were appended
+            log.warning("could not trim %s: %s", self.final_traces_path, e.strerror or e)
+
+    def read_final_traces(self) -> Iterator[tuple[str, list[str]]]:
+        """(call id, its trace ids) of the final calls `append_final_traces` remembered, oldest first."""
+        for e in self._read_jsonl(self.final_traces_path):
+            cid, traces = e.get("id"), e.get("traces")
+            if isinstance(cid, str) and isinstance(traces, list):
+                yield cid, [t for t in traces if isinstance(t, str)]
 
     def write_envelope(self, reldir: str, envelope: dict[str, Any]) -> str:
         """Write metadata.json, or otel-patter.json beside one the SDK (or anyone) wrote; the path written."""
