@@ -137,22 +137,33 @@ class OtlpHttpReceiver:
             raise TooLarge(f"request body of {declared} bytes is over the {self.max_request_bytes} byte limit")
         if declared:
             hold.add(declared)  # refuse a flood before reading it
+        content = request.content
         chunks: list[bytes] = []
         size = 0
         try:
-            async with asyncio.timeout(self.read_timeout):
-                while chunk := await request.content.readany():
-                    size += len(chunk)
-                    if size > self.max_request_bytes:
-                        raise TooLarge(f"request body is over the {self.max_request_bytes} byte limit")
-                    if declared is None:
-                        hold.add(len(chunk))
-                    chunks.append(chunk)
+            if content.is_eof():  # the whole body is already buffered (a small request): no timer and no awaits
+                chunk = content.read_nowait()
+                self._count_chunk(size, chunk, declared, hold)
+                chunks.append(chunk)
+            else:
+                async with asyncio.timeout(self.read_timeout):
+                    while chunk := await content.readany():
+                        size = self._count_chunk(size, chunk, declared, hold)
+                        chunks.append(chunk)
         except TimeoutError as e:
             raise _BodyTimeout from e
         except (ClientError, HttpProcessingError, ConnectionError) as e:  # the client went away mid-body
             raise InvalidArgument(f"incomplete request body: {type(e).__name__}") from e
         return b"".join(chunks)
+
+    def _count_chunk(self, size: int, chunk: bytes, declared: int | None, hold: Hold) -> int:
+        """The body's size with `chunk`, within the size limit (and held, when no length was declared)."""
+        size += len(chunk)
+        if size > self.max_request_bytes:
+            raise TooLarge(f"request body is over the {self.max_request_bytes} byte limit")
+        if declared is None:
+            hold.add(len(chunk))
+        return size
 
     async def _timed_out(self, request: web.Request) -> web.Response:
         """408, then close the connection at once (no lingering read of the rest of a slow body)."""
