@@ -160,11 +160,10 @@ class Pipeline:
             raise Unavailable("otel-patter is recovering its state", retry_after=1.0)
         batch = TraceBatch(request=request, transport=transport, arrival=time.time())
         self._child(self.metrics.requests, "traces", transport).inc()
-        self._child(self.metrics.spans_received, transport).inc(
-            sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
         # one pass over the protobuf attributes: the guard judges the flat records (and drops bad spans from
         # both); PII scrubs the protobuf; only when it changed something are the records read again
         batch.records = list(flatten(batch.request))
+        self._child(self.metrics.spans_received, transport).inc(len(batch.records))  # one record a span
         self.guard.consume(batch)
         if not self.pii.consume_flat(batch):
             batch.records = list(flatten(batch.request))
