@@ -74,6 +74,16 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ClientTlsConfig:
+    """TLS to a downstream: `ca_file` verifies its certificate (a private CA; the system's CAs without it), and
+    `cert_file` + `key_file` are ours when it asks for one (mTLS). The OpenTelemetry Collector's exporter names."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
 class Endpoint:
     endpoint: str | None  # "host:port"; None disables the listener
     # OTLP listeners: when set, requests want `Authorization: Bearer <token>` (gRPC: `authorization` metadata)
@@ -145,6 +155,7 @@ class ForwardTarget:
     compression: str | None = None  # "gzip" or None
     timeout: float = 10.0
     insecure: bool = True  # when not configured: True for http://, False for https://
+    tls: ClientTlsConfig | None = None  # a private CA and/or our client certificate (needs insecure: false)
     queue_max_bytes: int = 256 * 1024 * 1024  # persistent queue bound; when full the oldest data is dropped
     retry_initial_interval: float = 1.0  # exponential backoff (x2, with jitter) from here ...
     retry_max_interval: float = 30.0  # ... up to here, for as long as the queue holds the data
@@ -715,21 +726,48 @@ class _Reader:
         """`{cert_file, key_file, client_ca_file?}`: readable PEM files (paths expand `~`)."""
         if value is None:
             return None
-        m = self.mapping(value, path, [f.name for f in _fields(TlsConfig)])
+        keys = [f.name for f in _fields(TlsConfig)]
+        m = self.mapping(value, path, keys)
         if m is None:
             return None
-        files: dict[str, str | None] = {}
-        for key in ("cert_file", "key_file", "client_ca_file"):
-            if m.get(key) is None:
-                if key != "client_ca_file":
-                    self.error(_join(path, key), "missing (a PEM file)")
-                files[key] = None
-                continue
-            files[key] = self.get(m, key, path, self.readable_file, None)
+        files = self._pem_files(m, path, keys, required=("cert_file", "key_file"))
         if files["cert_file"] is None or files["key_file"] is None:
             return None
         return TlsConfig(cert_file=files["cert_file"], key_file=files["key_file"],
                          client_ca_file=files["client_ca_file"])
+
+    def client_tls(self, value: Any, path: str) -> ClientTlsConfig | None:
+        """`{ca_file?, cert_file?, key_file?}` of a forward target: readable PEM files, cert and key together."""
+        if value is None:
+            return None
+        keys = [f.name for f in _fields(ClientTlsConfig)]
+        m = self.mapping(value, path, keys)
+        if m is None:
+            return None
+        files = self._pem_files(m, path, keys, required=())
+        if any(m.get(k) is not None and files[k] is None for k in keys):
+            return None  # a file that cannot be read (the error is recorded)
+        if (m.get("cert_file") is None) != (m.get("key_file") is None):
+            missing = "key_file" if m.get("key_file") is None else "cert_file"
+            self.error(_join(path, missing), "missing: a client certificate needs both cert_file and key_file")
+            return None
+        if not any(m.get(k) is not None for k in keys):
+            self.error(path, "empty: give ca_file, or cert_file and key_file, or both")
+            return None
+        return ClientTlsConfig(**files)
+
+    def _pem_files(self, m: Mapping[str, Any], path: str, keys: list[str],
+                   required: tuple[str, ...]) -> dict[str, str | None]:
+        """Each of `keys` as a readable file's absolute path (None when absent: an error when `required`)."""
+        files: dict[str, str | None] = {}
+        for key in keys:
+            if m.get(key) is None:
+                if key in required:
+                    self.error(_join(path, key), "missing (a PEM file)")
+                files[key] = None
+            else:
+                files[key] = self.get(m, key, path, self.readable_file, None)
+        return files
 
     def readable_file(self, value: Any, path: str) -> str | _Invalid:
         s = self.nonempty(value, path)
@@ -845,6 +883,11 @@ class _Reader:
         compression = self.get(m, "compression", path, self.compression, None)
         timeout = self.get(m, "timeout", path, self.positive_duration, 10.0)
         insecure = self.get(m, "insecure", path, self.boolean, not endpoint.lower().startswith("https:"))
+        tls = self.client_tls(m.get("tls"), _join(path, "tls"))
+        if tls is not None and insecure:
+            self.error(_join(path, "tls"), "set, but the target is insecure (plaintext, or TLS unverified): use an "
+                                           "https:// endpoint or insecure: false")
+            ok = False
         d = ForwardTarget("", "")
         queue_max = self.get(m, "queue_max_bytes", path, self.queue_size, d.queue_max_bytes)
         retry_initial = self.get(m, "retry_initial_interval", path, self.positive_duration,
@@ -856,7 +899,7 @@ class _Reader:
         if not ok or not name or not endpoint:
             return None
         return ForwardTarget(name=name, endpoint=endpoint, protocol=protocol, headers=headers,
-                             compression=compression, timeout=timeout, insecure=insecure,
+                             compression=compression, timeout=timeout, insecure=insecure, tls=tls,
                              queue_max_bytes=queue_max, retry_initial_interval=retry_initial,
                              retry_max_interval=retry_max)
 
@@ -1214,7 +1257,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
         "forward": [{"name": t.name, "endpoint": _mask_url(t.endpoint), "protocol": t.protocol,
                      "headers": {k: "***" for k, _ in t.headers},
                      "compression": t.compression, "timeout": format_duration(t.timeout),
-                     "insecure": t.insecure, "queue_max_bytes": t.queue_max_bytes,
+                     "insecure": t.insecure, "tls": dataclasses.asdict(t.tls) if t.tls is not None else None,
+                     "queue_max_bytes": t.queue_max_bytes,
                      "retry_initial_interval": format_duration(t.retry_initial_interval),
                      "retry_max_interval": format_duration(t.retry_max_interval)} for t in cfg.forward],
         "metrics": {"tenant_attribute": cfg.metrics.tenant_attribute, "max_tenants": cfg.metrics.max_tenants,

@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,7 +33,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from otel_patter.config import ForwardTarget
+from otel_patter.config import ClientTlsConfig, ConfigError, ForwardTarget
 
 GRPC_METHODS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
@@ -84,6 +85,23 @@ def _rejected(signal: str, body: bytes) -> tuple[int, str]:
     return int(getattr(resp.partial_success, REJECTED_FIELD[signal])), resp.partial_success.error_message[:200]
 
 
+def client_ssl_context(target: ForwardTarget) -> ssl.SSLContext:
+    """The TLS context of a verified connection to `target`: its `tls.ca_file` (else the system's CAs) and our
+    client certificate, when configured. A PEM file that does not load is a ConfigError naming the target."""
+    tls = target.tls or ClientTlsConfig()
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError([(f"forward[{target.name}].tls", f"cannot load the PEM files: {e}")]) from None
+    return ctx
+
+
+def _pem(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
+
+
 class GrpcSender:
     def __init__(self, target: ForwardTarget) -> None:
         self.target = target
@@ -104,8 +122,11 @@ class GrpcSender:
         if self.target.insecure:
             self.channel = grpc.aio.insecure_channel(self.address, options=opts, compression=compression)
         else:
-            self.channel = grpc.aio.secure_channel(self.address, grpc.ssl_channel_credentials(), options=opts,
-                                                   compression=compression)
+            client_ssl_context(t)  # grpc reads the PEM files only when it connects: a bad one fails here, at start
+            tls = t.tls or ClientTlsConfig()
+            creds = grpc.ssl_channel_credentials(root_certificates=_pem(tls.ca_file), private_key=_pem(tls.key_file),
+                                                 certificate_chain=_pem(tls.cert_file))
+            self.channel = grpc.aio.secure_channel(self.address, creds, options=opts, compression=compression)
         for signal, method in GRPC_METHODS.items():
             self._calls[signal] = self.channel.unary_unary(
                 method, request_serializer=lambda b: b, response_deserializer=lambda b: b)
@@ -162,6 +183,8 @@ class HttpSender:
         self.ssl: ssl.SSLContext | bool | None = None
         if u.scheme == "https" and target.insecure:
             self.ssl = False  # TLS without certificate verification, as asked by `insecure: true`
+        elif u.scheme == "https" and target.tls is not None:
+            self.ssl = client_ssl_context(target)  # a private CA and/or our client certificate
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.target.timeout),

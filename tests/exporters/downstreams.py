@@ -28,9 +28,11 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from otel_patter.config import ForwardTarget
+from otel_patter.config import ForwardTarget, TlsConfig
 from otel_patter.exporters.forward import Downstream, ForwardMetrics
+from otel_patter.receivers.security import server_ssl_context
 from otel_patter.selfmetrics import SelfMetrics
+from tests.reliability.certs import Pki
 from tests.server import free_port
 
 REQUESTS = {"traces": trace_service_pb2.ExportTraceServiceRequest,
@@ -57,6 +59,13 @@ class Base:
     fail: Callable[[str], tuple[Any, float | None] | None] | None = None
     attempts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # TLS with the test PKI's server certificate; `client_ca`: clients must show a certificate that CA signed
+    pki: Pki | None = None
+    client_ca: bool = False
+
+    @property
+    def endpoint(self) -> str:
+        return f"{'https' if self.pki is not None else 'http'}://127.0.0.1:{self.port}"
 
     def _record(self, signal: str, request: Any, headers: dict[str, str],
                 raw: bytes) -> tuple[Any, float | None] | None:
@@ -125,10 +134,6 @@ class _Servicer:
 class GrpcDownstream(Base):
     server: grpc.Server | None = None
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> GrpcDownstream:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                              options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)],
@@ -137,7 +142,12 @@ class GrpcDownstream(Base):
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Servicer(self, "metrics"), server)
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_Servicer(self, "logs"), server)
         deadline = time.monotonic() + 10
-        while not server.add_insecure_port(f"127.0.0.1:{self.port}"):
+        pki = self.pki
+        creds = None if pki is None else grpc.ssl_server_credentials(
+            [(pki.server_key.read_bytes(), pki.server_cert.read_bytes())],
+            root_certificates=pki.ca.read_bytes() if self.client_ca else None, require_client_auth=self.client_ca)
+        while not (server.add_insecure_port(f"127.0.0.1:{self.port}") if creds is None
+                   else server.add_secure_port(f"127.0.0.1:{self.port}", creds)):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cannot bind 127.0.0.1:{self.port}")
             time.sleep(0.1)
@@ -155,10 +165,6 @@ class HttpDownstream(Base):
     loop: asyncio.AbstractEventLoop | None = None
     thread: threading.Thread | None = None
     runner: web.AppRunner | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def _handle(self, request: web.Request) -> web.Response:
         signal = request.path.rsplit("/", 1)[-1]
@@ -186,7 +192,8 @@ class HttpDownstream(Base):
                 app.router.add_post(f"/v1/{sig}", self._handle)
             self.runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
             loop.run_until_complete(self.runner.setup())
-            site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True)
+            ctx = None if self.pki is None else server_ssl_context(TlsConfig(**self.pki.tls_config(self.client_ca)))
+            site = web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=ctx)
             loop.run_until_complete(site.start())
             ready.set()
             loop.run_forever()
