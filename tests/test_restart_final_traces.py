@@ -63,20 +63,59 @@ def test_a_final_call_leaves_each_of_its_trace_ids_once_on_disk(tmp_path: Path) 
     assert len(line["traces"]) == len(wal_traces)
 
 
-def test_the_final_traces_file_is_cut_to_the_latest_calls_once_it_holds_twice_what_it_keeps(
+def test_past_its_size_the_final_traces_file_rotates_and_a_restart_reads_both_files_oldest_first(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(envelope_store, "FINAL_TRACES_KEEP_BYTES", 1000)
     store = EnvelopeStore(tmp_path)
     (tmp_path / "state").mkdir()
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
-    for i in range(40):  # 64 bytes a line: the 32nd passes 2000 bytes and the last 15 whole lines are kept
+    for i in range(40):  # 64 bytes a line: the 16th line passes 1000 bytes, then the 32nd
         store.append_final_traces(f"call-{i:03d}", [trace])
-    kept = [cid for cid, _ in store.read_final_traces()]
-    assert kept == [f"call-{i:03d}" for i in range(17, 40)]
-    assert store.final_traces_path.stat().st_size == 23 * 64
+    assert [cid for cid, _ in store.read_final_traces()] == [f"call-{i:03d}" for i in range(16, 40)]
+    assert (tmp_path / "state" / "final-traces.1.jsonl").stat().st_size == 16 * 64
+    assert store.final_traces_path.stat().st_size == 8 * 64
 
 
-def test_traces_of_calls_no_longer_in_the_index_are_not_learned_after_a_restart(tmp_path: Path) -> None:
+def test_a_trace_two_calls_share_stays_with_the_one_that_learned_it_first_across_a_restart(
+        tmp_path: Path) -> None:
+    shared = bytes.fromhex("c0ffee" + "11" * 13)
+
+    def billable(call_id: str, span_id: str):  # type: ignore[no-untyped-def]
+        return span("patter.billable", {"patter.call_id": call_id, "patter.cost.tts_chars": 10,
+                                        "patter.tts.provider": "elevenlabs"}, trace=shared,
+                    span_id=bytes.fromhex(span_id))
+
+    def two_calls(log_dir: Path) -> InProcess:
+        ip = InProcess(log_dir)
+        ip.pipeline.consume_traces(request([billable("CA-first", "a000000000000001")]), "grpc")
+        ip.pipeline.consume_traces(request([billable("CA-second", "b000000000000001")]), "grpc")
+        ip.final("CA-second")
+        return ip
+
+    def spans_after_a_late_child(ip: InProcess) -> dict[str, int]:
+        ip.pipeline.consume_traces(request([_late_child(shared)]), "grpc")
+        return {c: ip.pipeline.rollup.get(c)["counts"]["spans"] for c in ("CA-first", "CA-second")}
+
+    assert spans_after_a_late_child(two_calls(tmp_path / "uninterrupted")) == {"CA-first": 2, "CA-second": 1}
+    two_calls(tmp_path / "restarted")
+    assert spans_after_a_late_child(InProcess(tmp_path / "restarted")) == {"CA-first": 2, "CA-second": 1}
+
+
+def test_a_span_that_waited_for_a_final_calls_trace_counts_in_a_query_during_recovery(tmp_path: Path) -> None:
+    before = _final_call(tmp_path / "log")
+    trace = _first_trace(before)
+    before.pipeline.rollup.trace_calls.clear()  # the map forgot the trace (200k newer ones): the child waits
+    before.pipeline.consume_traces(request([_late_child(trace)]), "grpc")
+    assert trace.hex() in before.pipeline.rollup.pending
+
+    restarted = InProcess(tmp_path / "log", recover=False)
+    during = restarted.pipeline.rollup.get(RECORDED_CALL_ID)
+    assert (during["revision"], during["counts"]["spans"]) == (2, 38)
+    assert restarted.pipeline.rollup.recover_step() is True
+    assert restarted.pipeline.rollup.get(RECORDED_CALL_ID) == during
+
+
+def test_traces_of_a_call_the_index_does_not_know_are_not_learned_after_a_restart(tmp_path: Path) -> None:
     _final_call(tmp_path / "log")
     store = EnvelopeStore(tmp_path / "log")
     store.append_final_traces("call-removed-by-retention", ["0af7651916cd43dd8448eb211c80319c"])

@@ -451,9 +451,12 @@ class RollupProcessor:
             if self._before_done.get(state.call_id) != state.revision:  # not again on a finalize retry
                 self._run_hooks(self.before_final, state, envelope, durable=True)
                 self._before_done[state.call_id] = state.revision
-            trace_ids = state.seen.trace_ids()
-            if trace_ids:  # first: a call final in the index has its traces on disk (a late span finds it)
-                self.store.append_final_traces(state.call_id, trace_ids)
+            # first: a call final in the index has its traces on disk, those the map gives it (a trace two calls
+            # share goes to the one that learned it first, as it does without a restart)
+            cid = state.call_id
+            trace_ids = [t for t in state.seen.trace_ids() if self._trace_call(t) == cid]
+            if trace_ids:
+                self.store.append_final_traces(cid, trace_ids)
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
             self._write(state, envelope)
@@ -676,6 +679,9 @@ class RollupProcessor:
                 continue
             self.pending.setdefault(rec.trace_id, []).append((rec, now))
             self._pending_dirty = True
+        # spans that waited for a trace a final call knows: counted before the next query (not only once every
+        # open call is back), so an answer during recovery is the one after it
+        self._traces_to_resolve.update(t for t in self.pending if self._trace_call(t) is not None)
         self.recovering = True
 
     def recover_step(self, budget_s: float | None = None) -> bool:

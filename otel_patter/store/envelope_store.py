@@ -6,7 +6,7 @@ Layout under `log_dir` (research §3, DESIGN.md "Envelope store"):
     calls/YYYY/MM/DD/<dir>/spans.jsonl     append-only WAL of sanitized spans
     state/index.jsonl                      call id -> dir, open/final + revision (append-only)
     state/pending.jsonl                    spans still waiting for a call id
-    state/final-traces.jsonl               trace ids of the latest final calls (append-only, trimmed)
+    state/final-traces[.1].jsonl           trace ids of the latest final calls (append-only, rotated)
 
 Every write goes through `FileOps`, the fault seam tests use to inject ENOSPC/EROFS.
 Nothing here follows a symlink out of `log_dir`.
@@ -43,8 +43,9 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 OURS_MARKER = b'"writer": "otel-patter"'
 PROBE_BYTES = 4096  # what `probe` writes to see whether a failing disk takes writes again
-# the trace ids of the latest final calls kept across a restart: ~200k ids, what rollup's trace map holds
-FINAL_TRACES_KEEP_BYTES = 8 << 20
+# the trace ids of the latest final calls kept across a restart: 4-8 MiB in two files, ~115k-230k ids (rollup's
+# trace map holds 200k)
+FINAL_TRACES_KEEP_BYTES = 4 << 20
 _CALL_RELDIR = re.compile(r"calls/\d{4}/\d{2}/\d{2}/[A-Za-z0-9._-]+")  # what paths.relative_call_dir makes
 
 
@@ -108,6 +109,9 @@ class FileOps:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)  # never leave a half-written temp file behind on a full disk
             raise
+
+    def rename(self, src: str | Path, dst: str | Path) -> None:
+        os.replace(src, dst)
 
     def mkdirs(self, path: str | Path) -> None:
         makedirs_private(path, DIR_MODE)
@@ -278,42 +282,39 @@ class EnvelopeStore:
 
     def append_final_traces(self, call_id: str, trace_ids: list[str]) -> None:
         """Remember a final call's trace ids: rollup's trace map (how a span without a call id finds its call) is
-        memory, and after a restart a late span of a final call must still reopen it. Once the file holds twice
-        FINAL_TRACES_KEEP_BYTES it is cut to the latest lines."""
+        memory, and after a restart a late span of a final call must still reopen it. Past
+        FINAL_TRACES_KEEP_BYTES the file becomes `final-traces.1.jsonl` (replacing the one before): the latest
+        ids are kept with one rename, never a copy on the event loop."""
         data = orjson.dumps({"id": call_id, "traces": trace_ids}, option=orjson.OPT_APPEND_NEWLINE)
-        self._guard(self.ops.append, self.final_traces_path, data)
+        path = self.final_traces_path
+        self._guard(self.ops.append, path, data)
         size = self._final_traces_bytes
         if size is None:
             try:
-                size = os.stat(self.final_traces_path).st_size
+                size = os.stat(path).st_size
             except OSError:
                 size = len(data)
         else:
             size += len(data)
         self._final_traces_bytes = size
-        if size > 2 * FINAL_TRACES_KEEP_BYTES:
-            self._trim_final_traces()
+        if size > FINAL_TRACES_KEEP_BYTES:
+            try:
+                self.ops.rename(path, self._older_final_traces)
+                self._final_traces_bytes = 0
+            except OSError as e:  # best effort: the next append tries again
+                log.warning("could not rotate %s: %s", path, e.strerror or e)
 
-    def _trim_final_traces(self) -> None:
-        """Keep the last FINAL_TRACES_KEEP_BYTES (whole lines). Best effort: a failure leaves the file longer."""
-        try:
-            with open(self.final_traces_path, "rb") as fh:
-                data = fh.read()
-            tail = data[-FINAL_TRACES_KEEP_BYTES:]
-            if len(tail) < len(data):
-                tail = tail[tail.find(b"\n") + 1:]  # from the first whole line
-            self.ops.write_atomic(self.final_traces_path, tail)
-            self._final_traces_bytes = len(tail)
-        except OSError as e:
-            self._final_traces_bytes = 0  # not again before another FINAL_TRACES_KEEP_BYTES were appended
-            log.warning("could not trim %s: %s", self.final_traces_path, e.strerror or e)
+    @property
+    def _older_final_traces(self) -> Path:
+        return self.state_dir / "final-traces.1.jsonl"
 
     def read_final_traces(self) -> Iterator[tuple[str, list[str]]]:
         """(call id, its trace ids) of the final calls `append_final_traces` remembered, oldest first."""
-        for e in self._read_jsonl(self.final_traces_path):
-            cid, traces = e.get("id"), e.get("traces")
-            if isinstance(cid, str) and isinstance(traces, list):
-                yield cid, [t for t in traces if isinstance(t, str)]
+        for path in (self._older_final_traces, self.final_traces_path):
+            for e in self._read_jsonl(path):
+                cid, traces = e.get("id"), e.get("traces")
+                if isinstance(cid, str) and isinstance(traces, list):
+                    yield cid, [t for t in traces if isinstance(t, str)]
 
     def write_envelope(self, reldir: str, envelope: dict[str, Any]) -> str:
         """Write metadata.json, or otel-patter.json beside one the SDK (or anyone) wrote; the path written."""
