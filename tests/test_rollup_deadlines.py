@@ -8,7 +8,7 @@ from pathlib import Path
 
 from otel_patter.processors.rollup import HEAP_SLACK
 from tests.inproc import InProcess
-from tests.otlp import request, tts_span
+from tests.otlp import RECORDED_CALL_ID, recorded_call, request, tts_span
 
 CALL_ID = "CA0123456789abcdef0123456789abcdef"
 REQUESTS = HEAP_SLACK + 500
@@ -56,3 +56,26 @@ def test_calls_due_in_one_tick_are_finalized_in_the_order_their_deadlines_passed
     rollup.clock = lambda: time.time() + 61
     rollup.tick()
     assert finalized == [second, third, first]
+
+
+def test_a_requested_finalization_that_the_store_refused_is_tried_again_at_the_next_tick(tmp_path: Path) -> None:
+    from otel_patter.store.envelope_store import StoreError
+
+    ip = InProcess(tmp_path / "log", **{"rollup.idle_timeout": "1h"})
+    rollup = ip.pipeline.rollup
+    ip.pipeline.consume_traces(recorded_call()[0], "grpc")  # no root end yet: final only when asked
+    append_index = rollup.store.append_index
+    refusals = [StoreError(28, "disk full")]
+
+    def full_once(entries: list) -> None:  # type: ignore[type-arg]
+        if refusals:
+            raise refusals.pop()
+        append_index(entries)
+
+    rollup.store.append_index = full_once  # type: ignore[method-assign]
+    assert rollup.request_finalize(RECORDED_CALL_ID)
+    rollup.tick()
+    assert rollup.get(RECORDED_CALL_ID)["status"] == "in_progress"
+    rollup.tick()
+    final = rollup.get(RECORDED_CALL_ID)
+    assert (final["status"], final["final_reason"]) == ("completed", "finalize_request")

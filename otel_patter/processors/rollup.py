@@ -442,6 +442,7 @@ class RollupProcessor:
         return done
 
     def _finalize(self, state: CallState, reason: str, now: float) -> None:
+        requested_at = state.finalize_requested_at
         state.final = True
         state.final_reason = reason
         state.final_at = now
@@ -466,6 +467,7 @@ class RollupProcessor:
             state.final = False
             state.final_reason = None
             state.final_at = None
+            state.finalize_requested_at = requested_at  # still asked for: the next tick tries again
             return
         self._before_done.pop(state.call_id, None)
         self.index.setdefault(state.call_id, {"dir": state.reldir}).update(
