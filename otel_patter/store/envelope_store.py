@@ -153,6 +153,7 @@ class EnvelopeStore:
         self.index_path = self.state_dir / "index.jsonl"
         self.pending_path = self.state_dir / "pending.jsonl"
         self.final_traces_path = self.state_dir / "final-traces.jsonl"
+        self.older_final_traces_path = self.state_dir / "final-traces.1.jsonl"  # the one before the last rotation
         self._final_traces_bytes: int | None = None  # its size, read once, then counted
         self.retention_days = retention_days
         self.ops = ops or FileOps(fsync)
@@ -299,18 +300,14 @@ class EnvelopeStore:
         self._final_traces_bytes = size
         if size > FINAL_TRACES_KEEP_BYTES:
             try:
-                self.ops.rename(path, self._older_final_traces)
+                self.ops.rename(path, self.older_final_traces_path)
                 self._final_traces_bytes = 0
             except OSError as e:  # best effort: the next append tries again
                 log.warning("could not rotate %s: %s", path, e.strerror or e)
 
-    @property
-    def _older_final_traces(self) -> Path:
-        return self.state_dir / "final-traces.1.jsonl"
-
     def read_final_traces(self) -> Iterator[tuple[str, list[str]]]:
         """(call id, its trace ids) of the final calls `append_final_traces` remembered, oldest first."""
-        for path in (self._older_final_traces, self.final_traces_path):
+        for path in (self.older_final_traces_path, self.final_traces_path):
             for e in self._read_jsonl(path):
                 cid, traces = e.get("id"), e.get("traces")
                 if isinstance(cid, str) and isinstance(traces, list):
