@@ -774,3 +774,17 @@ def test_hash_only_gives_a_form_encoded_or_national_number_the_hash_of_its_e164(
     p = proc(phone_mode="hash_only", hash_key=KEY_A)
     assert p.scrub_text("phone=%2B44+20+7946+0958") == "phone=" + p.scrub_text("+442079460958")
     assert p.scrub_text("(11) 91234-5678") == p.scrub_text("+5511912345678")
+
+
+def test_back_to_back_aws_key_ids_are_scrubbed_in_one_call() -> None:
+    # each key id used to hide the next from the left boundary, one exposed per pass: with four in a row
+    # the passes ran out and the second call scrubbed what the first had left (the digits after them)
+    text = "AKIAIOSFODNN7EXAMPLE" * 4 + "0000000"
+    for p in (proc(), proc(phone_mode="hash_only", hash_key=KEY_A)):
+        once = p.scrub_text(text)
+        assert "AKIA" not in once and "0000000" not in once
+        assert p.scrub_text(once) == once
+
+
+def test_five_back_to_back_aws_key_ids_leave_none_in_clear_text() -> None:
+    assert proc().scrub_text("AKIAIOSFODNN7EXAMPLE" * 5) == "<token>"  # the fifth was left after the 4 passes
