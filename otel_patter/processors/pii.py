@@ -161,9 +161,12 @@ _USERINFO = r"(?<=://)(?!<token>@)[^/@\s:]+:[^/@\s]+@"
 _TOKEN = (
     rf"{_B}(?:sk-(?:proj-|ant-(?:api\d\d-)?|svcacct-|admin-)?[A-Za-z0-9_\-]{{16,}}"
     r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,}|pk_live_[A-Za-z0-9]{10,}|sk_[A-Za-z0-9]{24,}"
-    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|(?:(?:AKIA|ASIA)[0-9A-Z]{16})+|gh[pousr]_[A-Za-z0-9]{30,}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|(?:AKIA|ASIA)[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}"
     r"|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_\-]{20,}|AIza[0-9A-Za-z_\-]{35}"
     r"|eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})"
+    # and the rest of its word: a fixed-length or prefix-bounded token glued to more (another token back to back)
+    # would leave that part in clear text, its start hidden from every pattern's left boundary
+    r"(?:[A-Za-z0-9_\-]|\.(?=[A-Za-z0-9_\-]))*"
 )
 _BEARER = r"(?i:(?<![A-Za-z0-9])(?:bearer|basic)\s+)(?!<token>)[A-Za-z0-9._~+/\-]{8,}=*"
 _EMAIL = r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,24}(?![A-Za-z0-9\-])"

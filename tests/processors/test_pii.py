@@ -786,5 +786,13 @@ def test_back_to_back_aws_key_ids_are_scrubbed_in_one_call() -> None:
         assert p.scrub_text(once) == once
 
 
-def test_five_back_to_back_aws_key_ids_leave_none_in_clear_text() -> None:
-    assert proc().scrub_text("AKIAIOSFODNN7EXAMPLE" * 5) == "<token>"  # the fifth was left after the 4 passes
+@pytest.mark.parametrize("secret", [
+    "AKIAIOSFODNN7EXAMPLE", "AIzaSyA1234567890abcdefghijklmnopqrstuv", "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop",
+])
+@pytest.mark.parametrize("copies", [2, 5])
+def test_secrets_back_to_back_leave_nothing_in_clear_text(secret: str, copies: int) -> None:
+    # a fixed-length or greedy token glued to the next one used to leave that one's body (a JWT's payload and
+    # signature, a GitHub token after its `ghp`) in clear text: its start was hidden from every left boundary
+    assert proc().scrub_text(f"key: {secret * copies}. next") == "key: <token>. next"
