@@ -159,6 +159,9 @@ class ForwardTarget:
     queue_max_bytes: int = 256 * 1024 * 1024  # persistent queue bound; when full the oldest data is dropped
     retry_initial_interval: float = 1.0  # exponential backoff (x2, with jitter) from here ...
     retry_max_interval: float = 30.0  # ... up to here, for as long as the queue holds the data
+    # queued requests of one signal leave in one send, concatenated up to this many bytes (0: one request a send);
+    # below the 4 MiB a gRPC server takes by default
+    batch_max_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ LLM_RATE_KEYS = ("input", "output", "cache_read", "cache_write")
 MAX_REQUEST_BYTES_LIMIT = 2**31 - 1  # grpc's max_receive_message_length is an int32
 MIN_QUEUE_BYTES = 64 * 1024
 MAX_QUEUE_BYTES = 1024**4
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 MAX_TENANTS = 100_000
 MAX_SDK_REPORT_BYTES = 64 * 1024 * 1024
 SDK_NOTIFY_PORT = 8000  # getpatter 0.7.0 `notify_dashboard` posts to 127.0.0.1:8000, nowhere else
@@ -896,12 +900,19 @@ class _Reader:
         if retry_max < retry_initial:
             self.error(_join(path, "retry_max_interval"), "must not be shorter than retry_initial_interval")
             ok = False
+        batch_max = self.get(m, "batch_max_bytes", path, self.batch_size, d.batch_max_bytes)
         if not ok or not name or not endpoint:
             return None
         return ForwardTarget(name=name, endpoint=endpoint, protocol=protocol, headers=headers,
                              compression=compression, timeout=timeout, insecure=insecure, tls=tls,
                              queue_max_bytes=queue_max, retry_initial_interval=retry_initial,
-                             retry_max_interval=retry_max)
+                             retry_max_interval=retry_max, batch_max_bytes=batch_max)
+
+    def batch_size(self, value: Any, path: str) -> int | _Invalid:
+        """A forward batch bound: 0 (off) or a size up to 64MiB."""
+        if not isinstance(value, bool) and value in (0, "0"):
+            return 0
+        return self.size(value, path, limit=MAX_BATCH_BYTES)
 
     def queue_size(self, value: Any, path: str) -> int | _Invalid:
         """A forward queue bound: a size (`256MiB`) from 64KiB to 1TiB."""
@@ -1260,7 +1271,8 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
                      "insecure": t.insecure, "tls": dataclasses.asdict(t.tls) if t.tls is not None else None,
                      "queue_max_bytes": t.queue_max_bytes,
                      "retry_initial_interval": format_duration(t.retry_initial_interval),
-                     "retry_max_interval": format_duration(t.retry_max_interval)} for t in cfg.forward],
+                     "retry_max_interval": format_duration(t.retry_max_interval),
+                     "batch_max_bytes": t.batch_max_bytes} for t in cfg.forward],
         "metrics": {"tenant_attribute": cfg.metrics.tenant_attribute, "max_tenants": cfg.metrics.max_tenants,
                     "otlp_push": {"interval": format_duration(cfg.metrics.otlp_push_interval),
                                   "downstreams": list(cfg.metrics.otlp_push_downstreams)}},

@@ -8,11 +8,15 @@ own persistent queue (`queue.py`) and a background sender task:
   so the receiver answers UNAVAILABLE and the client retries. Nothing waits for a
   downstream: a dead one only fills its own queue (bounded; the oldest data is dropped
   and counted).
-- the sender sends the head record; on success or a final refusal it is acknowledged
-  (the ack position is persisted); on a retryable failure it waits (exponential backoff
-  from `retry_initial_interval` doubling to `retry_max_interval`, ±20 % jitter, or the
-  server's RetryInfo / Retry-After) and tries the same record again, so per downstream
-  data leaves in the order it arrived.
+- the sender sends the head record, together with the records queued behind it of the same
+  signal up to `batch_max_bytes` (OTLP requests concatenated are one request holding all their
+  resources: no re-encoding), so a downstream far away still takes what arrives, one round trip
+  a batch. On success or a final refusal the batch is acknowledged (the ack position is
+  persisted); on a retryable failure it waits (exponential backoff from `retry_initial_interval`
+  doubling to `retry_max_interval`, ±20 % jitter, or the server's RetryInfo / Retry-After) and
+  tries again from the same record, so per downstream data leaves in the order it arrived.
+  A batch refused for good is split: its records are sent one at a time, so only the one the
+  downstream refuses (its content, or its size) is dropped.
 - `on_final(state, envelope)` (rollup's `before_final` hook) enqueues a `patter.call.summary` span
   before the call is final on disk; a failed append raises `StoreError` and the finalization is
   retried, so a summary is never lost (after a crash at the wrong moment it may be queued twice,
@@ -82,8 +86,9 @@ class Downstream:
         self.sender = make_sender(target)
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        self.inflight: int | None = None  # seq of the record being sent right now
-        self.inflight_dropped = False
+        self.inflight: set[int] = set()  # seqs of the records being sent right now
+        self.inflight_gone: list[Entry] = []  # of those, dropped from the queue (full) while on the wire
+        self.solo_through = 0  # records up to this seq go one a send (a batch of them was refused for good)
         self.failures = 0  # consecutive failed attempts
         self.failing_since: float | None = None
         self.last_error = ""
@@ -131,8 +136,8 @@ class Downstream:
     def _count_dropped(self, dropped: list[Entry]) -> None:
         n = 0
         for e in dropped:
-            if e.seq and e.seq == self.inflight:
-                self.inflight_dropped = True  # counted when its send resolves: it may still arrive
+            if e.seq in self.inflight:
+                self.inflight_gone.append(e)  # counted when its send resolves: it may still arrive
             else:
                 n += e.items
         if n:
@@ -146,64 +151,87 @@ class Downstream:
         base = min(t.retry_max_interval, t.retry_initial_interval * (2 ** max(0, min(self.failures - 1, 30))))
         return base * random.uniform(1 - JITTER, 1 + JITTER)
 
+    def _next_batch(self) -> tuple[list[Entry], bytes]:
+        """The records to send next and their payloads concatenated; an unreadable head record is dropped."""
+        while True:
+            head = self.queue.peek()
+            if head is None:
+                return [], b""
+            limit = self.target.batch_max_bytes if head.seq > self.solo_through else 0
+            batch = self.queue.head_batch(limit)
+            payloads: list[bytes] = []
+            for e in batch:
+                try:
+                    payloads.append(self.queue.read(e))
+                except OSError as err:
+                    if payloads:  # send what comes before it; it is the head next time
+                        break
+                    log.warning("forward %s: unreadable queue record dropped (%s)", self.name,
+                                err.strerror or err, extra={"downstream": self.name})
+                    if self.queue.pop(e.seq):
+                        self.fm.dropped.labels(self.name, "corrupt").inc(e.items)
+                    break
+            if payloads:
+                return batch[:len(payloads)], b"".join(payloads) if len(payloads) > 1 else payloads[0]
+
     async def _run(self) -> None:
         while True:
-            entry = self.queue.peek()
-            if entry is None:
+            batch, payload = self._next_batch()
+            if not batch:
                 self.wake.clear()
                 await self.wake.wait()
                 continue
+            self.inflight, self.inflight_gone = {e.seq for e in batch}, []
             try:
-                payload = self.queue.read(entry)
-            except OSError as e:
-                log.warning("forward %s: unreadable queue record dropped (%s)", self.name, e.strerror or e,
-                            extra={"downstream": self.name})
-                if self.queue.pop(entry.seq):
-                    self.fm.dropped.labels(self.name, "corrupt").inc(entry.items)
-                continue
-            self.inflight, self.inflight_dropped = entry.seq, False
-            try:
-                result = await self.sender.send(entry.signal, payload)
+                result = await self.sender.send(batch[0].signal, payload)
             except Exception as e:  # a sender bug must not stop forwarding for good
                 log.exception("forward %s: send failed unexpectedly", self.name, extra={"downstream": self.name})
                 result = SendResult(False, True, error=type(e).__name__)
             finally:
-                self.inflight = None
-            delay = self._settle(entry, result)
+                self.inflight = set()
+            delay = self._settle(batch, result)
             self.fm.queue_bytes.labels(self.name).set(self.queue.bytes)
             if delay:
                 self.wake.clear()
                 await asyncio.sleep(delay)
 
-    def _settle(self, entry: Entry, r: SendResult) -> float:
-        """Account for one attempt; the seconds to wait before the next one."""
-        gone = self.inflight_dropped  # dropped from the queue (full) while it was on the wire
+    def _settle(self, batch: list[Entry], r: SendResult) -> float:
+        """Account for one attempt (one batch); the seconds to wait before the next one."""
+        gone, self.inflight_gone = self.inflight_gone, []  # dropped from the queue (full) while on the wire
+        items = sum(e.items for e in batch)
         if r.ok:
             self.failures, self.failing_since, self.last_success = 0, None, time.time()
-            delivered = max(0, entry.items - r.rejected)
-            self.fm.sent.labels(self.name).inc(delivered)
+            self.fm.sent.labels(self.name).inc(max(0, items - r.rejected))
             if r.rejected:
-                self.fm.dropped.labels(self.name, "partial_rejected").inc(min(r.rejected, entry.items))
+                self.fm.dropped.labels(self.name, "partial_rejected").inc(min(r.rejected, items))
                 log.warning("forward %s: downstream rejected %d items (partial success)", self.name, r.rejected,
                             extra={"downstream": self.name})
-            if not gone:
-                self.queue.pop(entry.seq)
+            self.queue.pop_through(batch[-1].seq)
             return 0.0
         self.fm.failed.labels(self.name).inc()
         self.failures += 1
         self.last_error = r.error
+        split = not r.retryable and len(batch) > 1
         if self.failing_since is None:
             self.failing_since = time.time()
             log.warning("forward %s: send failed (%s); %s", self.name, r.error,
-                        "will retry" if r.retryable else "not retryable, dropped", extra={"downstream": self.name})
-        if gone:
-            self.fm.dropped.labels(self.name, "queue_full").inc(entry.items)
-            return 0.0 if not r.retryable else self.backoff()
-        if not r.retryable:
-            self.fm.dropped.labels(self.name, "rejected").inc(entry.items)
-            self.queue.pop(entry.seq)
+                        "will retry" if r.retryable else
+                        f"not retryable: its {len(batch)} requests go one at a time" if split else
+                        "not retryable, dropped", extra={"downstream": self.name})
+        gone_items = sum(e.items for e in gone)
+        if gone_items:
+            self.fm.dropped.labels(self.name, "queue_full").inc(gone_items)
+        if split:  # which of them the downstream refuses: each gets its own answer
+            self.solo_through = batch[-1].seq
             return 0.0
-        self.fm.retries.labels(self.name).inc()
+        left = items - gone_items
+        if not r.retryable:
+            if left:
+                self.fm.dropped.labels(self.name, "rejected").inc(left)
+                self.queue.pop_through(batch[-1].seq)
+            return 0.0
+        if left:
+            self.fm.retries.labels(self.name).inc()
         return r.retry_after if r.retry_after is not None else self.backoff()
 
     # -- readiness ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import re
@@ -244,6 +245,21 @@ class PersistentQueue:
     def peek(self) -> Entry | None:
         return self.entries[0] if self.entries else None
 
+    def head_batch(self, max_payload_bytes: int) -> list[Entry]:
+        """The head record and the ones right after it of the same signal while their payloads together stay within
+        `max_payload_bytes` (the head alone when it is bigger, or the bound is 0); empty when the queue is."""
+        if not self.entries:
+            return []
+        head = self.entries[0]
+        batch = [head]
+        total = head.size - HEADER.size
+        for e in itertools.islice(self.entries, 1, None):
+            total += e.size - HEADER.size
+            if e.kind != head.kind or total > max_payload_bytes:
+                break
+            batch.append(e)
+        return batch
+
     def read(self, e: Entry) -> bytes:
         fd = self._read_fds.get(e.segment)
         if fd is None:
@@ -262,10 +278,17 @@ class PersistentQueue:
         """Acknowledge the head record (sent, or refused for good). False when it was dropped meanwhile."""
         if not self.entries or self.entries[0].seq != seq:
             return False
-        e = self.entries.popleft()
-        self.bytes -= e.size
-        self._advance()
-        return True
+        return self.pop_through(seq) == 1
+
+    def pop_through(self, seq: int) -> int:
+        """Acknowledge every record up to `seq` still queued (a batch sent, or refused for good); how many."""
+        n = 0
+        while self.entries and self.entries[0].seq <= seq:
+            self.bytes -= self.entries.popleft().size
+            n += 1
+        if n:
+            self._advance()
+        return n
 
     def _advance(self) -> None:
         """Persist the ack position and delete segments wholly before it (best effort: worst case resend)."""

@@ -55,8 +55,10 @@ class Received:
 class Base:
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
-    # (signal) -> None to accept, or a failure to answer: grpc.StatusCode / HTTP status, optional retry seconds
-    fail: Callable[[str], tuple[Any, float | None] | None] | None = None
+    # (signal, request bytes) -> None to accept, or a failure to answer: grpc.StatusCode / HTTP status, optional
+    # retry seconds
+    fail: Callable[[str, bytes], tuple[Any, float | None] | None] | None = None
+    max_receive: int = 64 << 20  # a bigger request is refused before it is recorded (gRPC RESOURCE_EXHAUSTED, 413)
     attempts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     # TLS with the test PKI's server certificate; `client_ca`: clients must show a certificate that CA signed
@@ -71,7 +73,7 @@ class Base:
                 raw: bytes) -> tuple[Any, float | None] | None:
         with self.lock:
             self.attempts += 1
-            verdict = self.fail(signal) if self.fail else None
+            verdict = self.fail(signal, raw) if self.fail else None
             if verdict is None:
                 self.received.append(Received(signal, request, headers, raw))
             return verdict
@@ -136,7 +138,7 @@ class GrpcDownstream(Base):
 
     def start(self) -> GrpcDownstream:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 << 20)],
+                             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", self.max_receive)],
                              compression=None)
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self, "traces"), server)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Servicer(self, "metrics"), server)
@@ -187,7 +189,7 @@ class HttpDownstream(Base):
         def run() -> None:
             loop = asyncio.new_event_loop()
             self.loop = loop
-            app = web.Application(client_max_size=64 << 20)
+            app = web.Application(client_max_size=self.max_receive)
             for sig in REQUESTS:
                 app.router.add_post(f"/v1/{sig}", self._handle)
             self.runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
@@ -215,9 +217,10 @@ class HttpDownstream(Base):
 
 
 def drain(target: ForwardTarget, root: Path, requests: list[bytes], until: Callable[[Downstream], bool] | None = None,
-          timeout: float = 20.0, poll_s: float = 0.02) -> tuple[SelfMetrics, int]:
-    """Enqueue `requests` (1 item each) and run the sender until `until(downstream)` holds (default: its queue is
-    empty) or `timeout`: its metrics and the records left in its queue."""
+          timeout: float = 20.0, poll_s: float = 0.02, signals: list[str] | None = None) -> tuple[SelfMetrics, int]:
+    """Enqueue `requests` (1 item each; traces unless `signals` names each one's) before the sender's first look,
+    and run it until `until(downstream)` holds (default: its queue is empty) or `timeout`: its metrics and the
+    records left in its queue."""
     metrics = SelfMetrics()
     done = until or (lambda d: not len(d.queue))
 
@@ -225,8 +228,8 @@ def drain(target: ForwardTarget, root: Path, requests: list[bytes], until: Calla
         d = Downstream(target, root, ForwardMetrics(metrics), fsync=False)
         await d.start()
         try:
-            for body in requests:
-                d.enqueue("traces", body, 1)
+            for signal, body in zip(signals or ["traces"] * len(requests), requests, strict=True):
+                d.enqueue(signal, body, 1)
             deadline = time.monotonic() + timeout
             while not done(d) and time.monotonic() < deadline:
                 await asyncio.sleep(poll_s)
@@ -235,6 +238,19 @@ def drain(target: ForwardTarget, root: Path, requests: list[bytes], until: Calla
             await d.shutdown()
 
     return metrics, asyncio.run(main())
+
+
+def split_bodies(raw: bytes, bodies: list[bytes]) -> list[bytes]:
+    """The enqueued requests a received one is made of (a batch is their concatenation, in order)."""
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(raw):
+        b = next((b for b in bodies if raw.startswith(b, pos)), None)
+        if b is None:
+            raise AssertionError(f"received bytes at {pos} are not one of the enqueued requests")
+        out.append(b)
+        pos += len(b)
+    return out
 
 
 def sample(m: SelfMetrics, name: str, **labels: str) -> float:

@@ -16,6 +16,7 @@ from tests.exporters.downstreams import GrpcDownstream, HttpDownstream, drain, s
 from tests.otlp import recorded_call
 
 FAST = {"retry_initial_interval": 0.05, "retry_max_interval": 0.2, "timeout": 5.0}
+ONE = {**FAST, "batch_max_bytes": 0}  # one request a send, each answer about one (batches: test_forward_batch.py)
 
 
 def bodies(n: int = 2) -> list[bytes]:
@@ -24,7 +25,7 @@ def bodies(n: int = 2) -> list[bytes]:
 
 def test_grpc_unavailable_is_retried_until_accepted(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
     answers = [(grpc.StatusCode.UNAVAILABLE, None)] * 3
-    grpc_down.fail = lambda signal: answers.pop() if answers else None
+    grpc_down.fail = lambda signal, raw: answers.pop() if answers else None
     target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
     m, _ = drain(target, tmp_path, bodies(1))
     assert [r.raw for r in grpc_down.received] == bodies(1)
@@ -35,8 +36,8 @@ def test_grpc_unavailable_is_retried_until_accepted(grpc_down: GrpcDownstream, t
 
 
 def test_grpc_invalid_argument_is_dropped_and_counted_not_retried(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
-    grpc_down.fail = lambda signal: (grpc.StatusCode.INVALID_ARGUMENT, None) if grpc_down.attempts == 1 else None
-    target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
+    grpc_down.fail = lambda signal, raw: (grpc.StatusCode.INVALID_ARGUMENT, None) if grpc_down.attempts == 1 else None
+    target = ForwardTarget("j", grpc_down.endpoint, "grpc", **ONE)
     m, _ = drain(target, tmp_path, bodies(2))
     assert [r.raw for r in grpc_down.received] == bodies(2)[1:]
     assert grpc_down.attempts == 2
@@ -48,12 +49,12 @@ def test_grpc_resource_exhausted_is_retried_only_with_retry_info(grpc_down: Grpc
     verdicts = {1: (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.5), 3: (grpc.StatusCode.RESOURCE_EXHAUSTED, None)}
     stamps: list[float] = []
 
-    def fail(signal: str) -> Any:
+    def fail(signal: str, raw: bytes) -> Any:
         stamps.append(time.monotonic())
         return verdicts.get(grpc_down.attempts)
 
     grpc_down.fail = fail
-    target = ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST)
+    target = ForwardTarget("j", grpc_down.endpoint, "grpc", **ONE)
     m, _ = drain(target, tmp_path, bodies(2))
     # first request: throttled with RetryInfo 0.5 s, then accepted; second: throttled without, dropped
     assert [r.raw for r in grpc_down.received] == bodies(2)[:1]
@@ -75,7 +76,7 @@ def test_grpc_headers_arrive_as_metadata(grpc_down: GrpcDownstream, tmp_path: Pa
 def test_http_retryable_statuses_honour_retry_after(http_down: HttpDownstream, tmp_path: Path, status: int) -> None:
     stamps: list[float] = []
 
-    def fail(signal: str) -> Any:
+    def fail(signal: str, raw: bytes) -> Any:
         stamps.append(time.monotonic())
         return (status, 1) if http_down.attempts == 1 else None
 
@@ -89,8 +90,8 @@ def test_http_retryable_statuses_honour_retry_after(http_down: HttpDownstream, t
 
 @pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
 def test_http_other_errors_are_dropped_not_retried(http_down: HttpDownstream, tmp_path: Path, status: int) -> None:
-    http_down.fail = lambda signal: (status, None) if http_down.attempts == 1 else None
-    target = ForwardTarget("h", http_down.endpoint, "http", **FAST)
+    http_down.fail = lambda signal, raw: (status, None) if http_down.attempts == 1 else None
+    target = ForwardTarget("h", http_down.endpoint, "http", **ONE)
     m, _ = drain(target, tmp_path, bodies(2))
     assert [r.raw for r in http_down.received] == bodies(2)[1:]
     assert sample(m, "otel_patter_forward_dropped_total", downstream="h", reason="rejected") == 1
@@ -202,14 +203,14 @@ def test_a_record_dropped_while_on_the_wire_counts_by_how_its_send_ended(tmp_pat
     d.queue.open()
     d.enqueue("traces", b"a" * 40_000, 5)
     head = d.queue.peek()
-    d.inflight = head.seq  # the sender is waiting for the downstream's answer about `head`
+    d.inflight = {head.seq}  # the sender is waiting for the downstream's answer about `head`
     d.enqueue("traces", b"b" * 40_000, 2)  # no room: `head`, on the wire, is dropped
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 0  # not yet
     d.enqueue("traces", b"c" * 40_000, 3)  # and now `b`
     assert [e.items for e in d.queue.entries] == [3]
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 2
-    d.inflight = None
-    d._settle(head, SendResult(answer, retryable=not answer))
+    d.inflight = set()
+    d._settle([head], SendResult(answer, retryable=not answer))
     assert sample(m, "otel_patter_forward_sent_total", downstream="j") == sent
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == dropped
     assert [e.items for e in d.queue.entries] == [3]  # `c` is still queued either way

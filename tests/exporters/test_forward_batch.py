@@ -1,0 +1,202 @@
+"""Queued requests leave together: one send carries the head record and those behind it of the same signal.
+
+OTLP requests concatenated are one request holding all their resources, so a downstream one round trip away
+takes a backlog in a few sends instead of one a request; a batch refused for good is split so only the
+request the downstream refuses is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from otel_patter.config import ForwardTarget, load_config
+from otel_patter.exporters.forward import Downstream, ForwardMetrics
+from otel_patter.exporters.senders import SendResult
+from otel_patter.selfmetrics import SelfMetrics
+from tests.exporters.downstreams import GrpcDownstream, HttpDownstream, drain, sample
+from tests.otlp import recorded_call
+
+FAST = {"retry_initial_interval": 0.05, "retry_max_interval": 0.2, "timeout": 5.0}
+
+
+def bodies(calls: int = 2) -> list[bytes]:
+    """The SDK's 4 requests a call, for `calls` distinct calls: 2,748-2,947 bytes each."""
+    return [r.SerializeToString() for i in range(calls) for r in recorded_call(id_salt=b"%d" % i)]
+
+
+def span_ids(raw: bytes) -> list[bytes]:
+    req = ExportTraceServiceRequest.FromString(raw)
+    return [s.span_id for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+
+
+def test_queued_requests_leave_in_one_grpc_send_in_arrival_order(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    sent = bodies(2)
+    m, left = drain(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, sent)
+    assert left == 0
+    (got,) = grpc_down.received
+    assert got.raw == b"".join(sent)
+    assert len(got.request.resource_spans) == sum(len(ExportTraceServiceRequest.FromString(b).resource_spans)
+                                                  for b in sent) == 16
+    assert span_ids(got.raw) == [i for b in sent for i in span_ids(b)]
+    assert grpc_down.attempts == 1
+    assert sample(m, "otel_patter_forward_sent_total", downstream="j") == 8
+
+
+def test_queued_requests_leave_in_one_http_post_gzipped(http_down: HttpDownstream, tmp_path: Path) -> None:
+    sent = bodies(2)
+    m, _ = drain(ForwardTarget("h", http_down.endpoint, "http", compression="gzip", **FAST), tmp_path, sent)
+    (got,) = http_down.received
+    assert got.headers["content-encoding"] == "gzip"
+    assert got.raw == b"".join(sent)
+    assert sample(m, "otel_patter_forward_sent_total", downstream="h") == 8
+
+
+def test_a_batch_stops_before_batch_max_bytes(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    sent = bodies(2)
+    bound = 3 * max(map(len, sent))  # any three fit (8,841 bytes), no four do (at least 11,056)
+    drain(ForwardTarget("j", grpc_down.endpoint, "grpc", batch_max_bytes=bound, **FAST), tmp_path, sent)
+    assert [r.raw for r in grpc_down.received] == [b"".join(sent[0:3]), b"".join(sent[3:6]), b"".join(sent[6:8])]
+
+
+def test_a_request_bigger_than_the_bound_goes_alone(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    sent = bodies(1)
+    drain(ForwardTarget("j", grpc_down.endpoint, "grpc", batch_max_bytes=1000, **FAST), tmp_path, sent)
+    assert [r.raw for r in grpc_down.received] == sent
+
+
+def test_batch_max_bytes_0_sends_one_request_at_a_time(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    sent = bodies(1)
+    drain(ForwardTarget("j", grpc_down.endpoint, "grpc", batch_max_bytes=0, **FAST), tmp_path, sent)
+    assert [r.raw for r in grpc_down.received] == sent
+
+
+def test_signals_are_never_mixed_in_a_batch(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    traces = bodies(1)
+    metrics = ExportMetricsServiceRequest()
+    metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="patter_calls").sum.data_points.add(
+        as_int=3)
+    raw_metrics = metrics.SerializeToString()
+    sent = [traces[0], traces[1], raw_metrics, raw_metrics, traces[2], traces[3]]
+    drain(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, sent,
+          signals=["traces", "traces", "metrics", "metrics", "traces", "traces"])
+    assert [(r.signal, r.raw) for r in grpc_down.received] == [
+        ("traces", traces[0] + traces[1]), ("metrics", raw_metrics * 2), ("traces", traces[2] + traces[3])]
+
+
+def test_a_retryable_failure_retries_the_whole_batch(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    sent = bodies(1)
+    grpc_down.fail = lambda signal, raw: (grpc.StatusCode.UNAVAILABLE, None) if grpc_down.attempts == 1 else None
+    m, _ = drain(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, sent)
+    assert [r.raw for r in grpc_down.received] == [b"".join(sent)]
+    assert grpc_down.attempts == 2
+    assert sample(m, "otel_patter_forward_retries_total", downstream="j") == 1
+    assert sample(m, "otel_patter_forward_sent_total", downstream="j") == 4
+
+
+def test_a_batch_refused_for_good_is_split_and_only_the_refused_request_dropped(grpc_down: GrpcDownstream,
+                                                                                tmp_path: Path) -> None:
+    sent = bodies(1)
+    poison = sent[2]  # the downstream refuses whatever holds this request's spans
+    grpc_down.fail = lambda signal, raw: (grpc.StatusCode.INVALID_ARGUMENT, None) if poison in raw else None
+    m, left = drain(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, sent)
+    assert left == 0
+    assert [r.raw for r in grpc_down.received] == [sent[0], sent[1], sent[3]]
+    assert grpc_down.attempts == 5  # the batch, then each of its 4 requests
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="rejected") == 1
+    assert sample(m, "otel_patter_forward_sent_total", downstream="j") == 3
+    assert sample(m, "otel_patter_forward_failed_total", downstream="j") == 2
+    assert sample(m, "otel_patter_forward_retries_total", downstream="j") == 0
+
+
+def test_requests_queued_after_a_split_batch_leave_together_again(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    first, second = bodies(2)[:4], bodies(2)[4:]
+    grpc_down.fail = lambda signal, raw: (grpc.StatusCode.INVALID_ARGUMENT, None) if first[0] in raw else None
+
+    async def main() -> None:
+        d = Downstream(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, ForwardMetrics(SelfMetrics()),
+                       fsync=False)
+        await d.start()
+        try:
+            for wave in (first, second):
+                for body in wave:
+                    d.enqueue("traces", body, 1)
+                deadline = time.monotonic() + 20
+                while len(d.queue) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+        finally:
+            await d.shutdown()
+
+    asyncio.run(main())
+    assert [r.raw for r in grpc_down.received] == [first[1], first[2], first[3], b"".join(second)]
+
+
+def test_a_batch_over_the_grpc_servers_message_limit_is_split(tmp_path: Path) -> None:
+    # a Jaeger or Collector gRPC receiver takes 4 MiB by default and answers RESOURCE_EXHAUSTED past it
+    down = GrpcDownstream(max_receive=8 * 1024).start()
+    try:
+        sent = bodies(1)  # 11,311 bytes together, each under 3,000
+        m, left = drain(ForwardTarget("j", down.endpoint, "grpc", **FAST), tmp_path, sent)
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received] == sent
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="rejected") == 0
+    assert sample(m, "otel_patter_forward_sent_total", downstream="j") == 4
+
+
+def test_a_batch_an_http_server_answers_413_is_split(tmp_path: Path) -> None:
+    down = HttpDownstream(max_receive=8 * 1024).start()
+    try:
+        sent = bodies(1)
+        m, left = drain(ForwardTarget("h", down.endpoint, "http", **FAST), tmp_path, sent)
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received] == sent
+    assert sample(m, "otel_patter_forward_sent_total", downstream="h") == 4
+
+
+@pytest.mark.parametrize(("answer", "sent", "queue_full", "queued"), [
+    (SendResult(True), 5, 0, [30_000]),  # delivered, the dropped record too
+    (SendResult(False, retryable=True), 0, 2, [20_000, 30_000]),  # the dropped one is lost, the other waits
+    (SendResult(False, retryable=False), 0, 2, [20_000, 30_000]),  # refused: the other is tried on its own
+])
+def test_a_batch_partly_dropped_while_on_the_wire_counts_each_record_once(tmp_path: Path, answer: SendResult,
+                                                                         sent: int, queue_full: int,
+                                                                         queued: list[int]) -> None:
+    m = SelfMetrics()
+    d = Downstream(ForwardTarget("j", "http://127.0.0.1:9", "grpc", queue_max_bytes=64 * 1024), tmp_path,
+                   ForwardMetrics(m), fsync=False)
+    d.queue.open()
+    d.enqueue("traces", b"a" * 20_000, 2)
+    d.enqueue("traces", b"b" * 20_000, 3)
+    batch = d.queue.head_batch(1 << 20)
+    d.inflight = {e.seq for e in batch}  # the sender is waiting for the downstream's answer about both
+    d.enqueue("traces", b"c" * 30_000, 4)  # no room: `a`, on the wire, is dropped
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 0  # not yet
+    d.inflight = set()
+    d._settle(batch, answer)
+    assert sample(m, "otel_patter_forward_sent_total", downstream="j") == sent
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == queue_full
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="rejected") == 0
+    assert [e.size - 13 for e in d.queue.entries] == queued
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2MiB", 2 * 1024 * 1024), (0, 0), ("0", 0), (65536, 65536)])
+def test_batch_max_bytes_is_a_size_or_0(tmp_path: Path, value: Any, expected: int) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"forward:\n- name: j\n  endpoint: http://jaeger:4317\n  batch_max_bytes: {value!r}\n")
+    (target,) = load_config(path).forward
+    assert target.batch_max_bytes == expected
+
+
+def test_batch_max_bytes_defaults_to_1_mib() -> None:
+    assert ForwardTarget("j", "http://jaeger:4317").batch_max_bytes == 1024 * 1024
