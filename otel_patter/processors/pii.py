@@ -420,21 +420,33 @@ class PiiProcessor(Stage):
         clean = self._clean
         if s in clean:
             return s, 0
-        if not s.isascii():  # fullwidth and other compatibility forms of digits, `+`, `@` (NFKC folds them)
-            folded = unicodedata.normalize("NFKC", s)
-            if folded != s and self._precheck.search(folded) is not None:
-                scrubbed, n = self._scrub(folded)
-                if n:  # the folded form, scrubbed (a partly folded mask would keep digits of the original)
-                    return scrubbed, n
-        if self._precheck.search(s) is None:
-            n = 0
-        else:
-            s, n = self._scrub(s)
+        if s.isascii():
+            s, n = self._scrub_plain(s)
+        else:  # again while it changes: a replacement glued to a fullwidth letter can match once folded
+            n = 0  # (fullwidth '0@0.w0000000': the digits hashed to 'hmac:...' make '0@0.whmac' an email), so
+            for _ in range(_MAX_PASSES):  # scrubbing its output would change it again
+                s, k = self._scrub_folded(s)
+                n += k
+                if not k or s.isascii():
+                    break
         if not n and len(s) <= _CLEAN_MAX_LEN:
             if len(clean) >= _CLEAN_CACHE_MAX:
                 clean.clear()
             clean.add(s)
         return s, n
+
+    def _scrub_folded(self, s: str) -> tuple[str, int]:
+        """Fullwidth and other compatibility forms of digits, `+`, `@`: the NFKC-folded text is scrubbed when
+        it has something to scrub (a partly folded mask would keep digits of the original), else `s` as it is."""
+        folded = unicodedata.normalize("NFKC", s)
+        if folded != s and self._precheck.search(folded) is not None:
+            scrubbed, n = self._scrub(folded)
+            if n:
+                return scrubbed, n
+        return self._scrub_plain(s)
+
+    def _scrub_plain(self, s: str) -> tuple[str, int]:
+        return (s, 0) if self._precheck.search(s) is None else self._scrub(s)
 
     def _scrub(self, s: str) -> tuple[str, int]:
         """Passes until nothing changes (a replacement can expose a neighbour: `***4567 20 7946 0958`)."""

@@ -622,6 +622,8 @@ PII_SAMPLES = [raw for raw, _ in PLANTED] + [
     "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEyMyJ9.c2lnbmF0dXJlLWJ5dGVz", "api_key=9f8e7d6c5b4a",
     CALL, "2026-11-23T05:45:22.123Z", "4bf92f3577b34da6a3ce929d0e0e4736", "https://bob:pw@example.com/",
     "AKIAIOSFODNN7EXAMPLE", "Tk9q2WmXv7Lp4RzB8sYc1NdFh6JgK3aEu5", "54.172.60.3", "2001:db8::1",
+    "\uff0b\uff11 \uff14\uff11\uff15 \uff15\uff15\uff15 \uff12\uff16\uff17\uff11", "\uff20", "\uff0e\uff57",
+    "\uff10\uff10\uff10",  # fullwidth: +1 415 555 2671, @, .w, 000 (NFKC folds them to ASCII)
 ]
 mixed_text = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(PII_SAMPLES)), max_size=8).map("".join)
 TOKENISH = re.compile(r"(?i)sk[-_]|[rp]k_|xox|akia|asia|gh[pousr]_|github_pat|glpat|aiza|eyj|bearer|basic|key"
@@ -641,6 +643,14 @@ def test_scrubbing_is_idempotent(text: str, redact_ip: bool) -> None:
 def test_hash_only_scrubbing_is_idempotent(text: str) -> None:
     p = proc(phone_mode="hash_only", hash_key=KEY_A)
     once = p.scrub_text(text)
+    assert p.scrub_text(once) == once
+
+
+def test_a_replacement_glued_to_a_fullwidth_letter_is_scrubbed_until_nothing_changes() -> None:
+    # the digits alone (a fullwidth letter is a boundary) become 'hmac:…', and folded, '0@0.whmac' is an email
+    p = proc(phone_mode="hash_only", hash_key=KEY_A)
+    once = p.scrub_text("0@0\uff0e\uff570000000")
+    assert once == "<email>:6e9d78b25d4e6ba7"
     assert p.scrub_text(once) == once
 
 
