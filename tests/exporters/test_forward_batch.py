@@ -59,6 +59,16 @@ def test_queued_requests_leave_in_one_http_post_gzipped(http_down: HttpDownstrea
     assert sample(m, "otel_patter_forward_sent_total", downstream="h") == 8
 
 
+def test_a_big_batch_is_gzipped_off_the_event_loop_and_arrives_whole(http_down: HttpDownstream,
+                                                                     tmp_path: Path) -> None:
+    sent = bodies(30)  # 120 requests, 339,330 bytes: past GZIP_IN_THREAD_BYTES, so compressed in a thread
+    m, _ = drain(ForwardTarget("h", http_down.endpoint, "http", compression="gzip", **FAST), tmp_path, sent)
+    (got,) = http_down.received
+    assert got.headers["content-encoding"] == "gzip"
+    assert got.raw == b"".join(sent)
+    assert sample(m, "otel_patter_forward_sent_total", downstream="h") == 120
+
+
 def test_a_batch_stops_before_batch_max_bytes(grpc_down: GrpcDownstream, tmp_path: Path) -> None:
     sent = bodies(2)
     bound = 3 * max(map(len, sent))  # any three fit (8,841 bytes), no four do (at least 11,056)
