@@ -446,8 +446,9 @@ class _Reader:
                                     f"got {_show(value)}")
         return seconds
 
-    def size(self, value: Any, path: str, limit: int = MAX_REQUEST_BYTES_LIMIT) -> int | _Invalid:
-        """A positive byte count: an integer, or `16MiB`, `512KiB`, `1MB`, ..."""
+    def size(self, value: Any, path: str, limit: int = MAX_REQUEST_BYTES_LIMIT, *,
+             zero: bool = False) -> int | _Invalid:
+        """A positive byte count (or 0, with `zero`): an integer, or `16MiB`, `512KiB`, `1MB`, ..."""
         n: float
         if isinstance(value, bool):
             return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(value)}")
@@ -464,8 +465,8 @@ class _Reader:
             n = int(product) if math.isfinite(product) else limit + 1
         else:
             return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(value)}")
-        if n <= 0:
-            return self.error(path, f"must be more than 0 bytes, got {_show(value)}")
+        if n < 0 or (n == 0 and not zero):
+            return self.error(path, f"must be {'at least' if zero else 'more than'} 0 bytes, got {_show(value)}")
         if n > limit:
             return self.error(path, f"must be at most {limit} bytes, got {_show(value)}")
         return int(n)
@@ -910,9 +911,7 @@ class _Reader:
 
     def batch_size(self, value: Any, path: str) -> int | _Invalid:
         """A forward batch bound: 0 (off) or a size up to 64MiB."""
-        if not isinstance(value, bool) and value in (0, "0"):
-            return 0
-        return self.size(value, path, limit=MAX_BATCH_BYTES)
+        return self.size(value, path, limit=MAX_BATCH_BYTES, zero=True)
 
     def queue_size(self, value: Any, path: str) -> int | _Invalid:
         """A forward queue bound: a size (`256MiB`) from 64KiB to 1TiB."""

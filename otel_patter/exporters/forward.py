@@ -16,7 +16,9 @@ own persistent queue (`queue.py`) and a background sender task:
   doubling to `retry_max_interval`, ±20 % jitter, or the server's RetryInfo / Retry-After) and
   tries again from the same record, so per downstream data leaves in the order it arrived.
   A batch refused for good is split: its records are sent one at a time, so only the one the
-  downstream refuses (its content, or its size) is dropped.
+  downstream refuses (its content, or its size) is dropped; refused for its size, it also halves
+  the bound for later batches. After a batch timed out, the next attempt sends half as much, and
+  so on down to one record, until a send succeeds.
 - `on_final(state, envelope)` (rollup's `before_final` hook) enqueues a `patter.call.summary` span
   before the call is final on disk; a failed append raises `StoreError` and the finalization is
   retried, so a summary is never lost (after a crash at the wrong moment it may be queued twice,
@@ -88,7 +90,9 @@ class Downstream:
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[int] = set()  # seqs of the records being sent right now
         self.inflight_gone: list[Entry] = []  # of those, dropped from the queue (full) while on the wire
-        self.solo_through = 0  # records up to this seq go one a send (a batch of them was refused for good)
+        self.solo_through = 0  # records up to this seq go one a send (a batch of them was refused or timed out)
+        self.batch_limit = target.batch_max_bytes  # halved when the downstream refuses a batch for its size
+        self.retry_limit: int | None = None  # after a batch timed out: half its size, until a send succeeds
         self.failures = 0  # consecutive failed attempts
         self.failing_since: float | None = None
         self.last_error = ""
@@ -122,6 +126,9 @@ class Downstream:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        # a send cut short: what the queue dropped meanwhile was not delivered as far as we know
+        self._count_queue_full(sum(e.items for e in self.inflight_gone))
+        self.inflight, self.inflight_gone = set(), []
         await self.sender.close()
         self.queue.close()
 
@@ -141,7 +148,7 @@ class Downstream:
             else:
                 n += e.items
         if n:
-            self.fm.dropped.labels(self.name, "queue_full").inc(n)
+            self._count_queue_full(n)
             log.warning("forward %s: queue full (%d bytes); dropped the oldest %d items", self.name,
                         self.target.queue_max_bytes, n, extra={"downstream": self.name})
 
@@ -157,7 +164,9 @@ class Downstream:
             head = self.queue.peek()
             if head is None:
                 return [], b""
-            limit = self.target.batch_max_bytes if head.seq > self.solo_through else 0
+            limit = self.batch_limit if self.retry_limit is None else min(self.retry_limit, self.batch_limit)
+            if head.seq <= self.solo_through:
+                limit = 0
             batch = self.queue.head_batch(limit)
             payloads: list[bytes] = []
             for e in batch:
@@ -189,18 +198,19 @@ class Downstream:
                 result = SendResult(False, True, error=type(e).__name__)
             finally:
                 self.inflight = set()
-            delay = self._settle(batch, result)
+            delay = self._settle(batch, result, len(payload))
             self.fm.queue_bytes.labels(self.name).set(self.queue.bytes)
             if delay:
                 self.wake.clear()
                 await asyncio.sleep(delay)
 
-    def _settle(self, batch: list[Entry], r: SendResult) -> float:
-        """Account for one attempt (one batch); the seconds to wait before the next one."""
+    def _settle(self, batch: list[Entry], r: SendResult, size: int) -> float:
+        """Account for one attempt (one batch of `size` bytes); the seconds to wait before the next one."""
         gone, self.inflight_gone = self.inflight_gone, []  # dropped from the queue (full) while on the wire
         items = sum(e.items for e in batch)
-        if r.ok:
+        if r.ok:  # the records the queue dropped meanwhile were delivered all the same
             self.failures, self.failing_since, self.last_success = 0, None, time.time()
+            self.retry_limit = None
             self.fm.sent.labels(self.name).inc(max(0, items - r.rejected))
             if r.rejected:
                 self.fm.dropped.labels(self.name, "partial_rejected").inc(min(r.rejected, items))
@@ -209,21 +219,24 @@ class Downstream:
             self.queue.pop_through(batch[-1].seq)
             return 0.0
         self.fm.failed.labels(self.name).inc()
+        gone_items = sum(e.items for e in gone)
+        self._count_queue_full(gone_items)
+        if len(batch) > 1 and not r.retryable:  # which of them it refuses: each gets its own answer, at once
+            self.solo_through = batch[-1].seq  # (the downstream answered, so it is not failing)
+            if r.too_large and self.batch_limit > size // 2:
+                self.batch_limit = size // 2
+                log.warning("forward %s: downstream refused a %d-byte batch for its size (%s); batches stay "
+                            "within %d bytes from now on", self.name, size, r.error, self.batch_limit,
+                            extra={"downstream": self.name})
+            return 0.0
+        if len(batch) > 1 and r.timed_out:  # maybe more than it takes within the timeout: half as much next
+            self.retry_limit = size // 2
         self.failures += 1
         self.last_error = r.error
-        split = not r.retryable and len(batch) > 1
         if self.failing_since is None:
             self.failing_since = time.time()
             log.warning("forward %s: send failed (%s); %s", self.name, r.error,
-                        "will retry" if r.retryable else
-                        f"not retryable: its {len(batch)} requests go one at a time" if split else
-                        "not retryable, dropped", extra={"downstream": self.name})
-        gone_items = sum(e.items for e in gone)
-        if gone_items:
-            self.fm.dropped.labels(self.name, "queue_full").inc(gone_items)
-        if split:  # which of them the downstream refuses: each gets its own answer
-            self.solo_through = batch[-1].seq
-            return 0.0
+                        "will retry" if r.retryable else "not retryable, dropped", extra={"downstream": self.name})
         left = items - gone_items
         if not r.retryable:
             if left:
@@ -233,6 +246,10 @@ class Downstream:
         if left:
             self.fm.retries.labels(self.name).inc()
         return r.retry_after if r.retry_after is not None else self.backoff()
+
+    def _count_queue_full(self, items: int) -> None:
+        if items:
+            self.fm.dropped.labels(self.name, "queue_full").inc(items)
 
     # -- readiness ----------------------------------------------------------------------------
     def check(self) -> str:

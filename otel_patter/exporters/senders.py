@@ -62,6 +62,8 @@ class SendResult:
     retry_after: float | None = None  # seconds the server asked us to wait
     rejected: int = 0  # items a successful answer said it dropped (partial_success)
     error: str = ""  # short, never a payload value: "UNAVAILABLE", "HTTP 503", "connection refused"
+    too_large: bool = False  # refused for its size: HTTP 413, gRPC RESOURCE_EXHAUSTED "larger than max"
+    timed_out: bool = False  # no answer within the timeout (it may still have arrived)
 
 
 def host_port(endpoint: str) -> tuple[str, int]:
@@ -145,8 +147,11 @@ class GrpcSender:
                 await self.close()
                 await self.start()
             delay = self._retry_delay(e.trailing_metadata())
-            retryable = code in GRPC_RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is not None)
-            return SendResult(False, retryable, delay, error=code.name)
+            throttled = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            retryable = code in GRPC_RETRYABLE or (throttled and delay is not None)
+            too_large = throttled and delay is None and "larger than max" in (e.details() or "").lower()
+            return SendResult(False, retryable, delay, error=code.name, too_large=too_large,
+                              timed_out=code == grpc.StatusCode.DEADLINE_EXCEEDED)
         rejected, message = _rejected(signal, body)
         return SendResult(True, rejected=rejected, error=message)
 
@@ -209,13 +214,13 @@ class HttpSender:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            return SendResult(False, True, error=_short(e))
+            return SendResult(False, True, error=_short(e), timed_out=isinstance(e, TimeoutError))
         if 200 <= status < 300:
             rejected, message = _rejected(signal, data)
             return SendResult(True, rejected=rejected, error=message)
         retryable = status in HTTP_RETRYABLE
         return SendResult(False, retryable, _parse_retry_after(retry_after) if retryable else None,
-                          error=f"HTTP {status}")
+                          error=f"HTTP {status}", too_large=status == 413)
 
     async def close(self) -> None:
         if self.session is not None:

@@ -210,7 +210,7 @@ def test_a_record_dropped_while_on_the_wire_counts_by_how_its_send_ended(tmp_pat
     assert [e.items for e in d.queue.entries] == [3]
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 2
     d.inflight = set()
-    d._settle([head], SendResult(answer, retryable=not answer))
+    d._settle([head], SendResult(answer, retryable=not answer), 40_000)
     assert sample(m, "otel_patter_forward_sent_total", downstream="j") == sent
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == dropped
     assert [e.items for e in d.queue.entries] == [3]  # `c` is still queued either way

@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_patter.config import ForwardTarget, load_config
+from otel_patter.config import ConfigError, ForwardTarget, load_config
 from otel_patter.exporters.forward import Downstream, ForwardMetrics
 from otel_patter.exporters.senders import SendResult
 from otel_patter.selfmetrics import SelfMetrics
@@ -193,19 +193,111 @@ def test_a_batch_partly_dropped_while_on_the_wire_counts_each_record_once(tmp_pa
     d.enqueue("traces", b"c" * 30_000, 4)  # no room: `a`, on the wire, is dropped
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 0  # not yet
     d.inflight = set()
-    d._settle(batch, answer)
+    d._settle(batch, answer, 40_000)
     assert sample(m, "otel_patter_forward_sent_total", downstream="j") == sent
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == queue_full
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="rejected") == 0
     assert [e.size - 13 for e in d.queue.entries] == queued
 
 
-@pytest.mark.parametrize(("value", "expected"), [("2MiB", 2 * 1024 * 1024), (0, 0), ("0", 0), (65536, 65536)])
+def test_records_dropped_while_a_cancelled_send_was_on_the_wire_are_counted(tmp_path: Path) -> None:
+    m = SelfMetrics()
+    d = Downstream(ForwardTarget("j", "http://127.0.0.1:9", "grpc", queue_max_bytes=64 * 1024), tmp_path,
+                   ForwardMetrics(m), fsync=False)
+    d.queue.open()
+    d.enqueue("traces", b"a" * 20_000, 2)
+    d.enqueue("traces", b"b" * 20_000, 3)
+    d.inflight = {e.seq for e in d.queue.head_batch(1 << 20)}
+    d.enqueue("traces", b"c" * 30_000, 4)  # `a` dropped while on the wire
+    asyncio.run(d._stop())  # shutdown cancels the send: `a` was not delivered as far as we know
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 2
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_batch_refused_for_its_size_halves_the_batch_bound(tmp_path: Path, protocol: str) -> None:
+    down = (GrpcDownstream if protocol == "grpc" else HttpDownstream)(max_receive=8 * 1024).start()
+    limits: list[int] = []
+
+    def drained(d: Downstream) -> bool:
+        limits.append(d.batch_limit)
+        return not len(d.queue)
+
+    try:
+        sent = bodies(2)  # 22,622 bytes together
+        m, left = drain(ForwardTarget("d", down.endpoint, protocol, **FAST), tmp_path, sent, until=drained)
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received] == sent
+    assert limits[-1] == 11_311
+    assert sample(m, "otel_patter_forward_failed_total", downstream="d") == 1
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_after_a_batch_times_out_the_next_attempt_carries_half_as_much(tmp_path: Path, protocol: str) -> None:
+    down = (GrpcDownstream if protocol == "grpc" else HttpDownstream)().start()
+    sent = bodies(1)  # 11,311 bytes together; two requests are 5,616 and 5,695
+
+    def slow_past_6000_bytes(signal: str, raw: bytes) -> None:
+        if len(raw) > 6000:  # takes longer than our timeout
+            time.sleep(0.6)
+
+    down.fail = slow_past_6000_bytes
+    try:
+        target = ForwardTarget("d", down.endpoint, protocol, retry_initial_interval=0.05, retry_max_interval=0.2,
+                               timeout=0.3)
+        m, left = drain(target, tmp_path, sent)
+        down.wait(lambda: len(down.received) == 3)
+    finally:
+        down.stop()
+    assert left == 0
+    # the batch arrived after we gave up on it (at least once, as OTLP has it); then half of it (within 5,655
+    # bytes), and once that succeeded, the rest in one batch again
+    assert [r.raw for r in down.received] == [b"".join(sent), sent[0] + sent[1], sent[2] + sent[3]]
+    assert sample(m, "otel_patter_forward_retries_total", downstream="d") == 1
+    assert sample(m, "otel_patter_forward_sent_total", downstream="d") == 4
+
+
+def test_shutdown_keeps_draining_a_downstream_that_refused_a_batch_for_its_size(tmp_path: Path) -> None:
+    down = HttpDownstream(max_receive=8 * 1024).start()
+    sent = bodies(2)
+
+    async def main() -> int:
+        d = Downstream(ForwardTarget("h", down.endpoint, "http", **FAST), tmp_path, ForwardMetrics(SelfMetrics()),
+                       fsync=False)
+        await d.start()
+        for body in sent:
+            d.enqueue("traces", body, 1)
+        await d.shutdown()  # SIGTERM: drain a healthy downstream (a split is not a failing one)
+        return len(d.queue)
+
+    try:
+        left = asyncio.run(main())
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received] == sent
+
+
+@pytest.mark.parametrize(("value", "expected"), [("2MiB", 2 * 1024 * 1024), (0, 0), ("0", 0), ("0KiB", 0),
+                                                 ("${env:BATCH}", 0), (65536, 65536)])
 def test_batch_max_bytes_is_a_size_or_0(tmp_path: Path, value: Any, expected: int) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(f"forward:\n- name: j\n  endpoint: http://jaeger:4317\n  batch_max_bytes: {value!r}\n")
-    (target,) = load_config(path).forward
+    (target,) = load_config(path, env={"BATCH": "0"}).forward
     assert target.batch_max_bytes == expected
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    (-1, "must be at least 0 bytes, got -1"), (0.0, "expected a size in bytes such as 16MiB, got 0.0"),
+    (True, "expected a size in bytes such as 16MiB, got True"),
+    ("65MiB", "must be at most 67108864 bytes, got '65MiB'")])
+def test_batch_max_bytes_refuses_what_is_not_a_size_up_to_64_mib(tmp_path: Path, value: Any, error: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"forward:\n- name: j\n  endpoint: http://jaeger:4317\n  batch_max_bytes: {value!r}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    assert str(e.value) == f"forward[0].batch_max_bytes: {error}"
 
 
 def test_batch_max_bytes_defaults_to_1_mib() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import socket
 import struct
 import threading
@@ -172,9 +171,7 @@ def test_http_downstream_timeouts_and_resets_are_retried_until_everything_arrive
     assert [b for i, b in enumerate(got) if b not in got[:i]] == bodies  # every record, in order
     # once each, but for a send whose answer was cut on the way: it arrived, we could not know, we sent it again
     # (at-least-once, as the OTLP spec has it; the receiving side dedupes, as our own rollup does)
-    again = sum(all(b in got[:i] for b in send) for i, send in
-                zip(itertools.accumulate([0] + [len(s) for s in sends]), sends, strict=False))
-    assert again <= faults.count("half"), len(sends)
+    assert max(got.count(b) for b in bodies) <= 1 + faults.count("half"), [len(s) for s in sends]
     assert sample(m, "otel_patter_forward_retries_total", downstream="h") >= 1
     assert sample(m, "otel_patter_forward_dropped_total", downstream="h", reason="rejected") == 0
     assert proxy.seen[: len(faults)] == faults
