@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_patter.config import ConfigError, ForwardTarget, load_config
 from otel_patter.exporters.forward import Downstream, ForwardMetrics
+from otel_patter.exporters.queue import Entry
 from otel_patter.exporters.senders import SendResult
 from otel_patter.selfmetrics import SelfMetrics
 from tests.exporters.downstreams import GrpcDownstream, HttpDownstream, drain, sample
@@ -174,6 +175,21 @@ def test_a_batch_an_http_server_answers_413_is_split(tmp_path: Path) -> None:
     assert sample(m, "otel_patter_forward_sent_total", downstream="h") == 4
 
 
+def head_of_a_batch_dropped_on_the_wire(tmp_path: Path) -> tuple[SelfMetrics, Downstream, list[Entry]]:
+    """A downstream whose sender waits for the answer about `a` (2 items) and `b` (3) sent together, while `c` (4)
+    arrives at a full queue: `a`, on the wire, is dropped from it."""
+    m = SelfMetrics()
+    d = Downstream(ForwardTarget("j", "http://127.0.0.1:9", "grpc", queue_max_bytes=64 * 1024), tmp_path,
+                   ForwardMetrics(m), fsync=False)
+    d.queue.open()
+    d.enqueue("traces", b"a" * 20_000, 2)
+    d.enqueue("traces", b"b" * 20_000, 3)
+    batch = d.queue.head_batch(1 << 20)
+    d.inflight = {e.seq for e in batch}
+    d.enqueue("traces", b"c" * 30_000, 4)
+    return m, d, batch
+
+
 @pytest.mark.parametrize(("answer", "sent", "queue_full", "queued"), [
     (SendResult(True), 5, 0, [30_000]),  # delivered, the dropped record too
     (SendResult(False, retryable=True), 0, 2, [20_000, 30_000]),  # the dropped one is lost, the other waits
@@ -182,15 +198,7 @@ def test_a_batch_an_http_server_answers_413_is_split(tmp_path: Path) -> None:
 def test_a_batch_partly_dropped_while_on_the_wire_counts_each_record_once(tmp_path: Path, answer: SendResult,
                                                                          sent: int, queue_full: int,
                                                                          queued: list[int]) -> None:
-    m = SelfMetrics()
-    d = Downstream(ForwardTarget("j", "http://127.0.0.1:9", "grpc", queue_max_bytes=64 * 1024), tmp_path,
-                   ForwardMetrics(m), fsync=False)
-    d.queue.open()
-    d.enqueue("traces", b"a" * 20_000, 2)
-    d.enqueue("traces", b"b" * 20_000, 3)
-    batch = d.queue.head_batch(1 << 20)
-    d.inflight = {e.seq for e in batch}  # the sender is waiting for the downstream's answer about both
-    d.enqueue("traces", b"c" * 30_000, 4)  # no room: `a`, on the wire, is dropped
+    m, d, batch = head_of_a_batch_dropped_on_the_wire(tmp_path)
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 0  # not yet
     d.inflight = set()
     d._settle(batch, answer, 40_000)
@@ -201,14 +209,7 @@ def test_a_batch_partly_dropped_while_on_the_wire_counts_each_record_once(tmp_pa
 
 
 def test_records_dropped_while_a_cancelled_send_was_on_the_wire_are_counted(tmp_path: Path) -> None:
-    m = SelfMetrics()
-    d = Downstream(ForwardTarget("j", "http://127.0.0.1:9", "grpc", queue_max_bytes=64 * 1024), tmp_path,
-                   ForwardMetrics(m), fsync=False)
-    d.queue.open()
-    d.enqueue("traces", b"a" * 20_000, 2)
-    d.enqueue("traces", b"b" * 20_000, 3)
-    d.inflight = {e.seq for e in d.queue.head_batch(1 << 20)}
-    d.enqueue("traces", b"c" * 30_000, 4)  # `a` dropped while on the wire
+    m, d, _ = head_of_a_batch_dropped_on_the_wire(tmp_path)
     asyncio.run(d._stop())  # shutdown cancels the send: `a` was not delivered as far as we know
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == 2
 
