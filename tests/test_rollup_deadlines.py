@@ -79,3 +79,43 @@ def test_a_requested_finalization_that_the_store_refused_is_tried_again_at_the_n
     rollup.tick()
     final = rollup.get(RECORDED_CALL_ID)
     assert (final["status"], final["final_reason"]) == ("completed", "finalize_request")
+
+
+def _backlog_of_due_calls(tmp_path: Path, calls: int) -> tuple[InProcess, list[str]]:
+    """`calls` one-span calls whose idle deadline has passed, none finalized yet (a burst of calls ending)."""
+    ip = InProcess(tmp_path / "log", **{"rollup.idle_timeout": "60s"})
+    ids = [f"CA{n:032x}" for n in range(1, calls + 1)]
+    for cid in ids:
+        ip.pipeline.consume_traces(request([tts_span(cid)]), "grpc")
+    ip.pipeline.rollup.clock = lambda: time.time() + 61
+    return ip, ids
+
+
+def test_a_spent_budget_still_finalizes_one_due_call_a_slice(tmp_path: Path) -> None:
+    ip, ids = _backlog_of_due_calls(tmp_path, 40)
+    rollup = ip.pipeline.rollup
+    finalized: list[str] = []
+    rollup.on_final.append(lambda state, envelope: finalized.append(state.call_id))
+    slices = [rollup.tick(budget_s=0.0) for _ in range(40)]
+    assert finalized == ids
+    assert slices == [False] * 39 + [True]
+
+
+def test_a_slice_judges_only_the_calls_it_finalizes_not_the_whole_backlog(tmp_path: Path) -> None:
+    # 300 due calls, one finalized a slice: the backlog waits in the heap, each call's deadline is computed once
+    # (it was 300 + 299 + ... : every slice re-judged every due call before finalizing any)
+    ip, ids = _backlog_of_due_calls(tmp_path, 300)
+    rollup = ip.pipeline.rollup
+    rollup.tick(budget_s=0.0)  # the first slice also judges the calls touched since the last tick
+    judged: list[str] = []
+    deadline = rollup._deadline
+
+    def counted(state):  # type: ignore[no-untyped-def]
+        judged.append(state.call_id)
+        return deadline(state)
+
+    rollup._deadline = counted  # type: ignore[method-assign]
+    while not rollup.tick(budget_s=0.0):
+        pass
+    assert judged == ids[1:]
+    assert all(rollup.calls[cid].final for cid in ids)

@@ -405,31 +405,30 @@ class RollupProcessor:
         if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
             heap[:] = [(at, cid) for at, cid in heap if (st := self.calls.get(cid)) is not None and at == st.due_at]
             heapq.heapify(heap)
-        due: dict[str, str] = {}  # call id -> its reason (kept: nothing changes a call's deadline until finalized)
+        # pop, judge and finalize one call at a time, in deadline order, until the budget is spent: a backlog of
+        # due calls stays in the heap untouched (collecting every due call first and pushing back those the budget
+        # left made each slice re-judge the whole backlog: 10k due calls took ~26 ms a slice before the first
+        # was finalized, so finalizing fell behind further and the ticker held the loop ever longer)
+        done = True
+        finalized = 0
         while heap and heap[0][0] <= now and not hold:
+            if finalized and stop_at is not None and time.perf_counter() >= stop_at:
+                done = False  # the rest is still due: the next slice (at least one call a slice, so it progresses)
+                break
             at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
-            if state is None or state.final or cid in due or at != state.due_at:
-                continue  # gone, final, already due, or an entry its deadline has moved away from
+            if state is None or state.final or at != state.due_at:
+                continue  # gone, final, or an entry its deadline has moved away from
             deadline, reason = self._deadline(state)
-            if now >= deadline:
-                due[cid] = reason
-                state.due_at = None  # no live entry now: a failed finalization's retry or a reopen pushes again
-            else:
+            if now < deadline:
                 state.due_at = deadline
                 heapq.heappush(heap, (deadline, cid))
-        done = True
-        if due:  # in deadline order, as popped (a scan of every call to keep their order cost O(calls) a slice)
-            for cid, reason in due.items():
-                state = self.calls[cid]
-                if stop_at is not None and time.perf_counter() >= stop_at:
-                    state.due_at = now
-                    heapq.heappush(heap, (now, cid))  # still due: the next slice
-                    done = False
-                    continue
-                self._finalize(state, reason, now)
-                if not state.final:  # the store failed: try again at the next tick
-                    self._touched.add(cid)
+                continue
+            state.due_at = None  # no live entry now: a failed finalization's retry or a reopen pushes again
+            self._finalize(state, reason, now)
+            finalized += 1
+            if not state.final:  # the store failed: try again at the next tick
+                self._touched.add(cid)
         if now >= self._evict_at:
             self._evict_at = now + EVICT_SWEEP_S
             for cid, state in list(self.calls.items()):
@@ -528,18 +527,21 @@ class RollupProcessor:
             return True
         now = self.clock()
         heap = self._envelopes_due
+        written = 0
         while heap and heap[0][0] <= now:
-            if stop_at is not None and time.perf_counter() >= stop_at:
-                return False
+            if written and stop_at is not None and time.perf_counter() >= stop_at:
+                return False  # at least one write a slice, like finalizing: a spent budget still progresses
             at, cid = heapq.heappop(heap)
             state = self.calls.get(cid)
             if state is None or not state.write_queued or at != _envelope_due_at(state):
                 continue  # evicted, or written since (a finalization): the next change queues it again
             state.write_queued = False
-            if state.dirty and not self._write_counted(state):
-                state.write_queued = True
-                heapq.heappush(heap, (at, cid))  # the next tick tries again
-                return True
+            if state.dirty:
+                if not self._write_counted(state):
+                    state.write_queued = True
+                    heapq.heappush(heap, (at, cid))  # the next tick tries again
+                    return True
+                written += 1
         return True
 
     def _write_counted(self, state: CallState) -> bool:
