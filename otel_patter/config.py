@@ -454,6 +454,7 @@ class _Reader:
             return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(value)}")
         if isinstance(value, int):
             n = value
+            fraction = False
         elif isinstance(value, str):
             s = self.expand(value, path)
             if isinstance(s, _Invalid):
@@ -463,8 +464,11 @@ class _Reader:
                 return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(s)}")
             product = float(m.group(1)) * _SIZE_FACTORS[(m.group(2) or "b").lower()]
             n = int(product) if math.isfinite(product) else limit + 1
+            fraction = 0 < product < 1
         else:
             return self.error(path, f"expected a size in bytes such as 16MiB, got {_show(value)}")
+        if zero and fraction:  # not 0 (which turns the feature off)
+            return self.error(path, f"must be 0 or at least 1 byte, got {_show(value)}")
         if n < 0 or (n == 0 and not zero):
             return self.error(path, f"must be {'at least' if zero else 'more than'} 0 bytes, got {_show(value)}")
         if n > limit:

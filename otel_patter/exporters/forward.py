@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import random
@@ -48,7 +49,7 @@ from typing import Any
 
 from otel_patter.component import TraceBatch
 from otel_patter.config import Config, ConfigError, ForwardTarget
-from otel_patter.exporters.queue import Entry, PersistentQueue
+from otel_patter.exporters.queue import CorruptRecord, Entry, PersistentQueue
 from otel_patter.exporters.senders import SendResult, host_port, make_sender
 from otel_patter.exporters.summary import build_summary, outcome
 from otel_patter.processors.rollup_state import CallState
@@ -90,11 +91,15 @@ class Downstream:
         self.task: asyncio.Task[None] | None = None
         self.inflight: set[int] = set()  # seqs of the records being sent right now
         self.inflight_gone: list[Entry] = []  # of those, dropped from the queue (full) while on the wire
-        self.solo_through = 0  # records up to this seq go one a send (a batch of them was refused or timed out)
+        self.solo_through = 0  # records up to this seq go one a send (a batch of them was refused for good)
         self.batch_limit = target.batch_max_bytes  # halved when the downstream refuses a batch for its size
-        self.retry_limit: int | None = None  # after a batch timed out: half its size, until a send succeeds
+        # after a batch timed out: half of it a send at most, until the queue is empty (the backlog goes in batches
+        # the downstream answered in time; growing back sooner sends a batch too big again, which may have arrived
+        # all the same: each retry of it is a duplicate)
+        self.retry_limit: int | None = None
         self.failures = 0  # consecutive failed attempts
         self.failing_since: float | None = None
+        self.retrying = False  # the last attempt failed and waits to be retried (shutdown does not wait for it)
         self.last_error = ""
         self.last_success: float | None = None
         fm.queue_bytes.labels(self.name).set(0)
@@ -116,7 +121,7 @@ class Downstream:
         """Drain to a healthy downstream (the caller bounds the time); a failing one is not waited for:
         what is left stays queued on disk for the next start."""
         try:
-            while self.task is not None and not self.task.done() and len(self.queue) and self.failing_since is None:
+            while self.task is not None and not self.task.done() and len(self.queue) and not self.retrying:
                 await asyncio.sleep(0.02)
         finally:
             await self._stop()
@@ -175,6 +180,8 @@ class Downstream:
                 except OSError as err:
                     if payloads:  # send what comes before it; it is the head next time
                         break
+                    if not isinstance(err, CorruptRecord) and err.errno != errno.ENOENT:
+                        raise  # cannot read it now (EMFILE, ...): _run backs off and tries again
                     log.warning("forward %s: unreadable queue record dropped (%s)", self.name,
                                 err.strerror or err, extra={"downstream": self.name})
                     if self.queue.pop(e.seq):
@@ -185,7 +192,13 @@ class Downstream:
 
     async def _run(self) -> None:
         while True:
-            batch, payload = self._next_batch()
+            try:
+                batch, payload = self._next_batch()
+            except OSError as e:
+                log.warning("forward %s: cannot read the queue (%s); will retry", self.name, e.strerror or e,
+                            extra={"downstream": self.name})
+                await asyncio.sleep(self.target.retry_initial_interval)
+                continue
             if not batch:
                 self.wake.clear()
                 await self.wake.wait()
@@ -210,13 +223,15 @@ class Downstream:
         items = sum(e.items for e in batch)
         if r.ok:  # the records the queue dropped meanwhile were delivered all the same
             self.failures, self.failing_since, self.last_success = 0, None, time.time()
-            self.retry_limit = None
+            self.retrying = False
             self.fm.sent.labels(self.name).inc(max(0, items - r.rejected))
             if r.rejected:
                 self.fm.dropped.labels(self.name, "partial_rejected").inc(min(r.rejected, items))
                 log.warning("forward %s: downstream rejected %d items (partial success)", self.name, r.rejected,
                             extra={"downstream": self.name})
             self.queue.pop_through(batch[-1].seq)
+            if not len(self.queue):
+                self.retry_limit = None
             return 0.0
         self.fm.failed.labels(self.name).inc()
         gone_items = sum(e.items for e in gone)
@@ -229,15 +244,22 @@ class Downstream:
                             "within %d bytes from now on", self.name, size, r.error, self.batch_limit,
                             extra={"downstream": self.name})
             return 0.0
-        if len(batch) > 1 and r.timed_out:  # maybe more than it takes within the timeout: half as much next
-            self.retry_limit = size // 2
+        left = items - gone_items
         self.failures += 1
         self.last_error = r.error
+        if len(batch) > 1 and r.timed_out:  # maybe more than it answers within the timeout: half of it next, after
+            self.retry_limit = size // 2  # the backoff (it may still be busy with this one); slow for this much is
+            self.retrying = False  # not down: neither failing nor retrying (shutdown keeps draining)
+            log.warning("forward %s: a %d-byte batch timed out; sends carry at most %d bytes until the queue is "
+                        "empty", self.name, size, self.retry_limit, extra={"downstream": self.name})
+            if left:
+                self.fm.retries.labels(self.name).inc()
+            return self.backoff()
+        self.retrying = r.retryable
         if self.failing_since is None:
             self.failing_since = time.time()
             log.warning("forward %s: send failed (%s); %s", self.name, r.error,
                         "will retry" if r.retryable else "not retryable, dropped", extra={"downstream": self.name})
-        left = items - gone_items
         if not r.retryable:
             if left:
                 self.fm.dropped.labels(self.name, "rejected").inc(left)

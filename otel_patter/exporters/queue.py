@@ -65,6 +65,10 @@ class Entry:
         return SIGNALS.get(self.kind, "traces")
 
 
+class CorruptRecord(OSError):
+    """A queued record whose bytes on disk are not what was appended: dropped, never retried."""
+
+
 def _crc(kind: int, items: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack(">BI", kind, items))) & 0xFFFFFFFF
 
@@ -187,11 +191,10 @@ class PersistentQueue:
         size = HEADER.size + len(payload)
         if size > self.max_bytes or len(payload) >= MAX_RECORD:
             return [Entry(0, 0, 0, size, kind, items)]
-        dropped: list[Entry] = []
-        while self.entries and self.bytes + size > self.max_bytes:
-            e = self.entries.popleft()
-            self.bytes -= e.size
-            dropped.append(e)
+        ndrop, room = 0, self.max_bytes - self.bytes
+        while ndrop < len(self.entries) and size > room:  # to drop, once the new record is written
+            room += self.entries[ndrop].size
+            ndrop += 1
         if self._fd is None or (self._tail_size > 0 and self._tail_size + size > self.segment_bytes):
             self._rotate()
         record = HEADER.pack(len(payload), _crc(kind, items, payload), kind, items) + payload
@@ -205,10 +208,10 @@ class PersistentQueue:
                 os.fsync(self._fd)
         except OSError as e:
             self._undo_partial()
-            if dropped:
-                self._advance()
             raise StoreError(e.errno, {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system"}
                              .get(e.errno or 0, e.strerror or str(e))) from e
+        dropped = [self.entries.popleft() for _ in range(ndrop)]
+        self.bytes -= sum(e.size for e in dropped)
         self._push(self._tail, self._tail_size, size, kind, items)
         self._tail_size += size
         if dropped:
@@ -268,10 +271,12 @@ class PersistentQueue:
             fd = os.open(self._path(e.segment), os.O_RDONLY | os.O_CLOEXEC)
             self._read_fds[e.segment] = fd
         raw = os.pread(fd, e.size, e.offset)
+        if len(raw) < HEADER.size:
+            raise CorruptRecord(errno.EIO, "queue record cut short")
         length, crc, kind, items = HEADER.unpack_from(raw, 0)
         payload = raw[HEADER.size:]
         if len(payload) != length or _crc(kind, items, payload) != crc:
-            raise OSError(errno.EIO, "queue record does not match its checksum")
+            raise CorruptRecord(errno.EIO, "queue record does not match its checksum")
         return payload
 
     def pop(self, seq: int) -> bool:

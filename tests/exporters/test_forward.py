@@ -214,3 +214,58 @@ def test_a_record_dropped_while_on_the_wire_counts_by_how_its_send_ended(tmp_pat
     assert sample(m, "otel_patter_forward_sent_total", downstream="j") == sent
     assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="queue_full") == dropped
     assert [e.items for e in d.queue.entries] == [3]  # `c` is still queued either way
+
+
+def test_a_queue_record_that_cannot_be_opened_for_a_moment_is_sent_once_it_can(
+        grpc_down: GrpcDownstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # too many open files while the sender opens a segment: the bytes on disk are intact, so nothing is dropped
+    import errno
+    import os
+
+    from otel_patter.exporters import queue as queue_mod
+
+    real_open = os.open
+    refusals = [OSError(errno.EMFILE, "Too many open files")] * 2
+
+    def emfile_twice_for_readers(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        if not flags & (os.O_WRONLY | os.O_RDWR) and refusals:
+            raise refusals.pop()
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(queue_mod.os, "open", emfile_twice_for_readers)
+    m, left = drain(ForwardTarget("j", grpc_down.endpoint, "grpc", **FAST), tmp_path, bodies(2))
+    assert left == 0
+    assert [r.raw for r in grpc_down.received] == [b"".join(bodies(2))]
+    assert sample(m, "otel_patter_forward_dropped_total", downstream="j", reason="corrupt") == 0
+
+
+def test_a_queue_record_cut_shorter_than_its_header_is_dropped_as_corrupt_and_the_sender_goes_on(
+        grpc_down: GrpcDownstream, tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    first, second = bodies(2)
+    metrics = SelfMetrics()
+
+    async def main() -> tuple[int, bool]:
+        d = Downstream(ForwardTarget("j", grpc_down.endpoint, "grpc", **ONE), tmp_path, ForwardMetrics(metrics),
+                       fsync=False)
+        d.queue.open()
+        d.enqueue("traces", first, 1)
+        d.enqueue("traces", second, 1)
+        head = d.queue.peek()
+        assert head is not None
+        os.truncate(d.queue._path(d.queue._tail), head.size + 5)  # the second keeps 5 of its header's 13 bytes
+        await d.sender.start()
+        d.task = asyncio.create_task(d._run())
+        for _ in range(200):
+            if not len(d.queue):
+                break
+            await asyncio.sleep(0.02)
+        alive = not d.task.done()
+        await d._stop()
+        return len(d.queue), alive
+
+    assert asyncio.run(main()) == (0, True)
+    assert [r.raw for r in grpc_down.received] == [first]
+    assert sample(metrics, "otel_patter_forward_dropped_total", downstream="j", reason="corrupt") == 1

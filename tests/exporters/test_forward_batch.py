@@ -234,29 +234,107 @@ def test_a_batch_refused_for_its_size_halves_the_batch_bound(tmp_path: Path, pro
     assert sample(m, "otel_patter_forward_failed_total", downstream="d") == 1
 
 
+def _slow_past_6000_bytes(signal: str, raw: bytes) -> None:
+    if len(raw) > 6000:  # takes longer than our timeout (0.3 s)
+        time.sleep(0.6)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
-def test_after_a_batch_times_out_the_next_attempt_carries_half_as_much(tmp_path: Path, protocol: str) -> None:
+def test_after_a_batch_times_out_sends_carry_at_most_half_of_it_until_the_queue_is_empty(tmp_path: Path,
+                                                                                        protocol: str) -> None:
     down = (GrpcDownstream if protocol == "grpc" else HttpDownstream)().start()
-    sent = bodies(1)  # 11,311 bytes together; two requests are 5,616 and 5,695
+    sent = bodies(1)  # 11,311 bytes together; the first two 5,616, the last two 5,695
 
-    def slow_past_6000_bytes(signal: str, raw: bytes) -> None:
-        if len(raw) > 6000:  # takes longer than our timeout
-            time.sleep(0.6)
-
-    down.fail = slow_past_6000_bytes
-    try:
-        target = ForwardTarget("d", down.endpoint, protocol, retry_initial_interval=0.05, retry_max_interval=0.2,
+    down.fail = _slow_past_6000_bytes
+    try:  # the retry leaves after the downstream is done with the batch (0.3 s + 0.5 s +- 20 % > 0.6 s)
+        target = ForwardTarget("d", down.endpoint, protocol, retry_initial_interval=0.5, retry_max_interval=0.5,
                                timeout=0.3)
         m, left = drain(target, tmp_path, sent)
-        down.wait(lambda: len(down.received) == 3)
+        down.wait(lambda: len(down.received) == 4)
     finally:
         down.stop()
     assert left == 0
-    # the batch arrived after we gave up on it (at least once, as OTLP has it); then half of it (within 5,655
-    # bytes), and once that succeeded, the rest in one batch again
-    assert [r.raw for r in down.received] == [b"".join(sent), sent[0] + sent[1], sent[2] + sent[3]]
+    # the batch arrived after we gave up on it (at least once, as OTLP has it); then within 5,655 bytes a send,
+    # also after one succeeded (growing back would send 5,695 bytes, too many for this downstream's time)
+    assert [r.raw for r in down.received] == [b"".join(sent), sent[0] + sent[1], sent[2], sent[3]]
     assert sample(m, "otel_patter_forward_retries_total", downstream="d") == 1
     assert sample(m, "otel_patter_forward_sent_total", downstream="d") == 4
+
+
+def test_once_the_queue_is_empty_after_a_timeout_the_next_backlog_leaves_in_one_batch(tmp_path: Path) -> None:
+    down = HttpDownstream().start()
+    first, second = bodies(1), bodies(2)[4:]
+    down.fail = _slow_past_6000_bytes
+
+    async def main() -> int:
+        d = Downstream(ForwardTarget("h", down.endpoint, "http", retry_initial_interval=0.5,
+                                     retry_max_interval=0.5, timeout=0.3), tmp_path, ForwardMetrics(SelfMetrics()),
+                       fsync=False)
+        await d.start()
+        for body in first:
+            d.enqueue("traces", body, 1)
+        while len(d.queue):
+            await asyncio.sleep(0.02)
+        down.fail = None  # the downstream is fast again
+        for body in second:
+            d.enqueue("traces", body, 1)
+        await d.shutdown()
+        return len(d.queue)
+
+    try:
+        left = asyncio.run(main())
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received][-1] == b"".join(second)
+
+
+def _shutdown_left(target: ForwardTarget, root: Path, sent: list[bytes]) -> int:
+    """Enqueue `sent`, then SIGTERM at once (Downstream.shutdown drains a healthy downstream): what is left queued."""
+    async def main() -> int:
+        d = Downstream(target, root, ForwardMetrics(SelfMetrics()), fsync=False)
+        await d.start()
+        for body in sent:
+            d.enqueue("traces", body, 1)
+        await asyncio.wait_for(d.shutdown(), 30)
+        return len(d.queue)
+
+    return asyncio.run(main())
+
+
+def test_shutdown_keeps_draining_a_downstream_that_a_batch_timed_out_on(tmp_path: Path) -> None:
+    down = HttpDownstream()
+
+    def slow(signal: str, raw: bytes) -> None:
+        time.sleep(0.1 * max(1, len(raw) // 2700))  # ~0.1 s a request in the send: 20 of them take 2 s
+
+    down.fail = slow
+    down.start()
+    try:
+        left = _shutdown_left(ForwardTarget("h", down.endpoint, "http", retry_initial_interval=0.05,
+                                            retry_max_interval=0.2, timeout=1.0), tmp_path, bodies(5))
+    finally:
+        down.stop()
+    assert left == 0  # a batch too slow for the timeout is a slow downstream, not a failing one
+
+
+def test_shutdown_keeps_draining_after_the_downstream_refused_one_request_of_a_batch(tmp_path: Path) -> None:
+    down = HttpDownstream()
+    sent = bodies(3)
+    poison = sent[0]
+
+    def refuse_the_poison(signal: str, raw: bytes) -> tuple[int, None] | None:
+        time.sleep(0.05)  # 50 ms away: shutdown looks while a send is on the wire
+        return (400, None) if poison in raw else None
+
+    down.fail = refuse_the_poison
+    down.start()
+    try:
+        left = _shutdown_left(ForwardTarget("h", down.endpoint, "http", **FAST), tmp_path, sent)
+    finally:
+        down.stop()
+    assert left == 0
+    assert [r.raw for r in down.received][-11:] == sent[1:]
 
 
 def test_shutdown_keeps_draining_a_downstream_that_refused_a_batch_for_its_size(tmp_path: Path) -> None:
@@ -292,6 +370,7 @@ def test_batch_max_bytes_is_a_size_or_0(tmp_path: Path, value: Any, expected: in
 @pytest.mark.parametrize(("value", "error"), [
     (-1, "must be at least 0 bytes, got -1"), (0.0, "expected a size in bytes such as 16MiB, got 0.0"),
     (True, "expected a size in bytes such as 16MiB, got True"),
+    ("0.5", "must be 0 or at least 1 byte, got '0.5'"),  # a fraction of a byte is not 0 (batching off)
     ("65MiB", "must be at most 67108864 bytes, got '65MiB'")])
 def test_batch_max_bytes_refuses_what_is_not_a_size_up_to_64_mib(tmp_path: Path, value: Any, error: str) -> None:
     path = tmp_path / "c.yaml"

@@ -153,3 +153,36 @@ def test_a_failed_append_raises_store_error_and_leaves_the_queue_readable(tmp_pa
     q.append("traces", b"third", 1)
     q.close()
     assert drain(opened(tmp_path / "q")) == [b"first", b"third"]
+
+
+def test_a_failed_append_into_a_full_queue_drops_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the new record is refused (its client retries it), so the oldest ones it would have pushed out stay queued
+    q = opened(tmp_path / "q", max_bytes=64 * 1024)
+    for blob in (b"a" * 20_000, b"b" * 20_000, b"c" * 20_000):
+        assert q.append("traces", blob, 2) == []
+    real_write = os.write
+    segment = q._fd
+
+    def enospc_on_the_segment(fd: int, data: bytes) -> int:
+        if fd == segment:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(queue_mod.os, "write", enospc_on_the_segment)
+    with pytest.raises(StoreError):
+        q.append("traces", b"d" * 20_000, 2)
+    monkeypatch.setattr(queue_mod.os, "write", real_write)
+    assert [e.items for e in q.entries] == [2, 2, 2]
+    q.close()
+    assert drain(opened(tmp_path / "q", max_bytes=64 * 1024)) == [b"a" * 20_000, b"b" * 20_000, b"c" * 20_000]
+
+
+def test_a_record_cut_shorter_than_its_header_reads_as_corrupt(tmp_path: Path) -> None:
+    q = opened(tmp_path / "q")
+    q.append("traces", b"first", 1)
+    q.append("traces", b"second" * 10, 1)
+    (seg,) = sorted((tmp_path / "q").glob("seg-*.q"))
+    os.truncate(seg, HEADER.size + len(b"first") + 5)  # the second record keeps 5 of its header's 13 bytes
+    q.pop(q.peek().seq)  # type: ignore[union-attr]
+    with pytest.raises(queue_mod.CorruptRecord):
+        q.read(q.peek())  # type: ignore[arg-type]
