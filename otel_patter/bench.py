@@ -744,7 +744,8 @@ def _send_all(client: Client, bodies: Iterable[tuple[bytes, int]], concurrency: 
 
 
 def quiet_calls_bodies(traffic: Traffic, calls: int) -> tuple[list[tuple[bytes, int]], list[str]]:
-    """`calls` quiet calls played side by side: request k of every call, then request k + 1, ..."""
+    """`calls` quiet calls played side by side: request k of every call, then request k + 1, ...; and their ids in
+    that order (the last one's last request is sent last, so it is the last to end)."""
     bodies = []
     for k, p in enumerate(traffic.quiet):
         for c in range(calls):
@@ -756,7 +757,9 @@ def quiet_calls_bodies(traffic: Traffic, calls: int) -> tuple[list[tuple[bytes, 
         m = re.search(rb"CA[0-9a-f]{32}", body)
         assert m is not None
         ids.append(m.group().decode())
-    return bodies, sorted(set(ids))
+    if len(set(ids)) != calls:
+        raise ValueError("quiet calls share a call id")
+    return bodies, ids
 
 
 def open_calls_bodies(traffic: Traffic, first_copy: int, copies: int) -> Iterable[tuple[bytes, int]]:
@@ -1042,16 +1045,15 @@ def run_bench(seconds: float = 10.0, calls: int = 2000, *, endpoint: str | None 
             _, failed = _send_all(client, bodies, concurrency=1)
             client.close()
             floor = measure_floor(floor_bodies, floor_spans, floor_seconds)
-            # wait on one call, then let the ticker finalize the rest (their grace ends with the first's): the
-            # CPU is read before any admin request for the others, so it is the calls' own
-            server.get_json(f"/api/v1/calls/{ids[0]}?wait=final&timeout=60", timeout=90)
+            # the calls end in the order they were sent: once the last is final (one long poll), all are. The CPU is
+            # read before any other request: polling /metrics every second would charge its ~1 ms a scrape to the calls
+            server.get_json(f"/api/v1/calls/{ids[-1]}?wait=final&timeout=60", timeout=90)
+            cpu = server.cpu() - cpu0 - idle_cpu_rate * (time.perf_counter() - wall0)
             deadline = time.perf_counter() + 90
-            while True:
-                time.sleep(1.0)
-                cpu = server.cpu() - cpu0 - idle_cpu_rate * (time.perf_counter() - wall0)
-                if server.metric("otel_patter_calls_finalized_total") - fin0 >= len(ids) \
-                        or time.perf_counter() > deadline:
-                    break
+            while server.metric("otel_patter_calls_finalized_total") - fin0 < len(ids):
+                if time.perf_counter() > deadline:
+                    raise RuntimeError("quiet calls: not every call was finalized within 90 s")
+                time.sleep(0.5)
             for cid in ids:
                 server.get_json(f"/api/v1/calls/{cid}?wait=final&timeout=60", timeout=90)
             out["cpu_ms_per_call"] = round(cpu * 1000 / len(ids), 3)
