@@ -17,6 +17,11 @@ What it measures (all in one run, defaults in well under 90 s on a 2-core machin
   **floor** is the same payloads in this process: decode only; decode + encode; decode + touch every
   attribute + encode (each the best of FLOOR_ROUNDS rounds). `ratio` = server spans per CPU-second /
   floor (decode+touch+encode) spans per CPU-second.
+- **store floor**: the files DESIGN.md asks for a call (its directory, `spans.jsonl` appended once a request
+  that carries it, `metadata.json` by temporary file + rename), written with plain `os` calls on the log dir's
+  filesystem at the sizes the server wrote: CPU µs a span (`store_floor.cpu_us_per_span`, the kernel's work,
+  none of ours); `floor_with_store_spans_per_cpu_second` adds it to the floor, and `ratio_vs_floor_with_store`
+  compares the server with that.
 - **cpu_ms_per_call**: a quiet 10-turn call (one side, the SDK's 5 s batches: ~9 spans a request)
   from first span to final envelope, server CPU minus its idle CPU.
 - **memory**: `idle_rss_mb` (ready, no traffic), `rss_bytes_per_active_call` (RSS delta over N open
@@ -297,6 +302,70 @@ def _floor_rounds(modes: dict[str, Callable[[bytes], Any]], bodies: Sequence[byt
                     break
             best = max(best, done / used)
         out[f"{name}_spans_per_cpu_second"] = round(best)
+
+
+CALL_ID_KEYS = ("patter.call_id", "patter.call.id", "getpatter.call.id")
+STORE_FLOOR_CALLS = 2000
+
+
+def load_shape(bodies: Sequence[bytes]) -> tuple[float, float]:
+    """Spans a call and requests carrying a call (each one append to its WAL), in the load traffic."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    trace_call: dict[bytes, str] = {}
+    requests: list[list[tuple[bytes, str | None]]] = []
+    for b in bodies:
+        req = ExportTraceServiceRequest.FromString(b)
+        spans = [(s.trace_id, next((kv.value.string_value for kv in s.attributes if kv.key in CALL_ID_KEYS), None))
+                 for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+        for trace, cid in spans:
+            if cid:
+                trace_call.setdefault(trace, cid)
+        requests.append(spans)
+    calls = len(set(trace_call.values())) or 1
+    appends = sum(len({cid or trace_call.get(trace) for trace, cid in spans} - {None}) for spans in requests)
+    return sum(len(spans) for spans in requests) / calls, appends / calls
+
+
+def measure_store_floor(root: Path, spans_per_call: float, appends_per_call: float, line_bytes: int,
+                        envelope_bytes: int, calls: int = STORE_FLOOR_CALLS) -> float:
+    """CPU µs a span that the DESIGN's files cost on `root`'s filesystem with none of our code: per call its
+    directory, its `spans.jsonl` created and appended to once a request that carries it, and `metadata.json`
+    written once (temporary file + rename), with the sizes the server wrote."""
+    day = root / "calls" / "2026" / "01" / "01"
+    day.mkdir(parents=True)
+    appends = max(1, round(appends_per_call))
+    chunk = b"x" * max(1, round(line_bytes * spans_per_call / appends))
+    envelope = b"x" * max(1, envelope_bytes)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    start = time.process_time()
+    for i in range(calls):
+        d = f"{day}/c{i:06d}"
+        os.mkdir(d, 0o700)
+        for _ in range(appends):
+            fd = os.open(f"{d}/spans.jsonl", flags, 0o600)
+            os.write(fd, chunk)
+            os.close(fd)
+        fd = os.open(f"{d}/.tmp.metadata.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        os.write(fd, envelope)
+        os.close(fd)
+        os.replace(f"{d}/.tmp.metadata.json", f"{d}/metadata.json")
+    used = time.process_time() - start
+    shutil.rmtree(root, ignore_errors=True)
+    return used / (calls * spans_per_call) * 1e6
+
+
+def written_sizes(log_dir: Path) -> tuple[int, int]:
+    """Average bytes of a WAL line and of an envelope file the server wrote."""
+    lines = wal = env = envs = 0
+    for f in log_dir.glob("calls/*/*/*/*/spans.jsonl"):
+        data = f.read_bytes()
+        wal += len(data)
+        lines += data.count(b"\n")
+    for f in log_dir.glob("calls/*/*/*/*/metadata.json"):
+        env += f.stat().st_size
+        envs += 1
+    return round(wal / max(1, lines)), round(env / max(1, envs))
 
 
 # -- the server under test ----------------------------------------------------------------------------
@@ -1065,6 +1134,16 @@ def run_bench(seconds: float = 10.0, calls: int = 2000, *, endpoint: str | None 
             floor = measure_floor(floor_bodies, floor_spans, floor_seconds)
         out["floor"] = floor
         out["floor_spans_per_second"] = floor["decode_touch_encode_spans_per_cpu_second"]
+        if server is not None:  # what the files every call needs cost by themselves, on the log dir's filesystem
+            spans_per_call, appends_per_call = load_shape(floor_bodies)
+            line_bytes, envelope_bytes = written_sizes(server.log_dir)
+            us = measure_store_floor(root / "store-floor", spans_per_call, appends_per_call, line_bytes,
+                                     envelope_bytes)
+            out["store_floor"] = {"cpu_us_per_span": round(us, 2), "spans_per_call": round(spans_per_call, 1),
+                                  "appends_per_call": round(appends_per_call, 2), "wal_line_bytes": line_bytes,
+                                  "envelope_bytes": envelope_bytes}
+            out["floor_with_store_spans_per_cpu_second"] = round(1e6 / (1e6 / out["floor_spans_per_second"] + us))
+            log(f"store floor: {out['store_floor']}")
         log(f"floor: {floor}")
 
         # 2. throughput (closed loop) and 3. latency at half of it (open loop), from two load processes
@@ -1109,6 +1188,9 @@ def run_bench(seconds: float = 10.0, calls: int = 2000, *, endpoint: str | None 
                 out["server_spans_per_cpu_second"] = round(acked / cpu) if cpu > 0 else None
                 out["server_cpu_ms_per_load_request"] = round(cpu / max(1, reqs) * 1000, 2)
                 out["ratio"] = round(acked / cpu / out["floor_spans_per_second"], 3) if cpu > 0 else None
+                if "floor_with_store_spans_per_cpu_second" in out and cpu > 0:
+                    out["ratio_vs_floor_with_store"] = round(acked / cpu / out["floor_with_store_spans_per_cpu_second"],
+                                                             3)
                 out["envelope_writes_per_second"] = round((box["env1"] - box["env0"]) / seconds, 1)
                 out["calls_finalized_per_second"] = round((box["fin1"] - box["fin0"]) / seconds, 1)
                 out["rss_mb_under_load"] = round(box["rss"] / MIB, 1)

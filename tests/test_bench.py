@@ -50,6 +50,9 @@ def test_bench_cli_json_has_every_key(tmp_path: Path) -> None:
     assert result["floor_spans_per_second"] == result["floor"]["decode_touch_encode_spans_per_cpu_second"]
     for key in FLOOR:
         assert _number(result["floor"][key]) and result["floor"][key] > 0, key
+    assert all(_number(v) and v > 0 for v in result["store_floor"].values())
+    assert 0 < result["floor_with_store_spans_per_cpu_second"] < result["floor_spans_per_second"]
+    assert _number(result["ratio_vs_floor_with_store"]) and result["ratio_vs_floor_with_store"] > result["ratio"]
     assert sorted(result["load_protocols"]) == ["grpc", "http"]
     assert result["load_spans_per_request"] > result["quiet_spans_per_request"] > 1
     assert result["scale"] and all(p["open_calls"] >= 50 and p["rss_bytes_per_call"] > 0
@@ -74,3 +77,14 @@ def test_percentile_and_plot(tmp_path: Path) -> None:
     bench.plot_scale(curve, tmp_path / "p.png")
     png = (tmp_path / "p.png").read_bytes()
     assert png.startswith(b"\x89PNG") and int.from_bytes(png[16:20], "big") == 900
+
+
+def test_load_shape_counts_spans_and_wal_appends_per_call() -> None:
+    from tests.otlp import request, span, tts_span
+
+    a, b = "CA" + "a" * 32, "CA" + "b" * 32
+    b_turn = tts_span(b)
+    child_of_b = span("llm.call", {}, trace=b_turn.trace_id)  # no call id: its trace's call (b)
+    first = request([tts_span(a), b_turn]).SerializeToString()
+    second = request([tts_span(a), child_of_b]).SerializeToString()
+    assert bench.load_shape([first, second]) == (2.0, 2.0)  # 4 spans of 2 calls; each call in both requests
