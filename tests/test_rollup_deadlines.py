@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from otel_patter.processors.rollup import HEAP_SLACK
 from tests.inproc import InProcess
 from tests.otlp import RECORDED_CALL_ID, recorded_call, request, tts_span
@@ -119,3 +121,78 @@ def test_a_slice_judges_only_the_calls_it_finalizes_not_the_whole_backlog(tmp_pa
         pass
     assert judged == ids[1:]
     assert all(rollup.calls[cid].final for cid in ids)
+
+
+def test_a_failing_store_gets_each_due_call_tried_once_a_tick_not_once_a_slice(tmp_path: Path) -> None:
+    # the refused calls wait for the next tick: the slices of this one end, so the ticker probes the disk again
+    from otel_patter.store.envelope_store import StoreError
+
+    ip, ids = _backlog_of_due_calls(tmp_path, 30)
+    rollup = ip.pipeline.rollup
+    tried: list[str] = []
+
+    def disk_full(entries: list) -> None:  # type: ignore[type-arg]
+        tried.append(entries[0]["id"])
+        raise StoreError(28, "disk full")
+
+    def envelope_disk_full(reldir: str, envelope: dict) -> str:  # type: ignore[type-arg]
+        raise StoreError(28, "disk full")
+
+    append_index, write_envelope = rollup.store.append_index, rollup.store.write_envelope
+    rollup.store.append_index = disk_full  # type: ignore[method-assign]
+    rollup.store.write_envelope = envelope_disk_full  # type: ignore[method-assign]
+    slices = [rollup.tick(budget_s=0.0) for _ in range(30)]
+    assert tried == ids
+    assert slices == [False] * 29 + [True]
+    rollup.store.append_index, rollup.store.write_envelope = append_index, write_envelope  # type: ignore[method-assign]
+    assert rollup.tick() is True  # the next tick: the disk takes writes again
+    assert all(rollup.calls[cid].final for cid in ids)
+
+
+def test_a_finalization_the_disk_refuses_with_a_raw_os_error_is_tried_again(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # metadata.json cannot be looked at (EACCES): the call stays open, its outputs wait, and the next tick retries
+    import errno
+    import os
+
+    from otel_patter.store import envelope_store
+
+    ip, (cid,) = _backlog_of_due_calls(tmp_path, 1)
+    rollup = ip.pipeline.rollup
+    finalized: list[str] = []
+    rollup.on_final.append(lambda state, envelope: finalized.append(state.call_id))
+    metadata = f"{rollup.calls[cid].reldir}/metadata.json"
+    real_stat = os.stat
+
+    def eacces(path: object, *args: object, **kw: object) -> os.stat_result:
+        if str(path).endswith(metadata):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_stat(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(envelope_store.os, "stat", eacces)
+    rollup.tick()
+    assert (rollup.calls[cid].final, finalized) == (False, [])
+    monkeypatch.setattr(envelope_store.os, "stat", real_stat)
+    rollup.tick()
+    assert (rollup.calls[cid].final, finalized) == (True, [cid])
+
+
+def test_pending_spans_are_looked_at_once_a_tick_not_at_every_slice(tmp_path: Path) -> None:
+    # spans waiting for their trace's call id: expiring them walks them all, so it is done once a tick
+    from tests.otlp import span
+
+    ip, ids = _backlog_of_due_calls(tmp_path, 20)
+    ip.pipeline.consume_traces(request([span("llm.call", {}) for _ in range(5)]), "grpc")  # no call id yet
+    rollup = ip.pipeline.rollup
+    looked: list[int] = []
+    expire = rollup._expire_pending
+
+    def counted(now: float) -> None:
+        looked.append(sum(len(v) for v in rollup.pending.values()))
+        expire(now)
+
+    rollup._expire_pending = counted  # type: ignore[method-assign]
+    slices = 1
+    while not rollup.tick(budget_s=0.0):
+        slices += 1
+    assert (slices, looked) == (20, [5])

@@ -108,6 +108,8 @@ class RollupProcessor:
         # call (`CallState.write_queued`), so a tick looks only at calls whose envelope is due, never at them all
         self._envelopes_due: list[tuple[float, str]] = []
         self._touched: set[str] = set()
+        self._retry_next_tick: set[str] = set()  # calls whose finalization the store refused in this tick
+        self._tick_done = True  # the last tick() finished its slices: the next call starts a new tick
         self._child = LabelledChildren()
         self._evict_at = 0.0
         self._batch_states: dict[str, CallState | None] = {}
@@ -388,6 +390,10 @@ class RollupProcessor:
         # before anything is finalized: a replayed call's spans that waited in pending (none is finalized while
         # they cannot be written)
         hold = bool(self._traces_to_resolve) and not self._resolve_replayed_traces()
+        new_tick = self._tick_done  # not the next slice of a tick that ran out of budget
+        if new_tick and self._retry_next_tick:  # failed finalizations: again at the next tick, not the next slice
+            self._touched |= self._retry_next_tick
+            self._retry_next_tick.clear()
         heap = self._deadlines
         for cid in self._touched:  # one live heap entry per call: a touch pushes only when its deadline moved
             state = self.calls.get(cid)
@@ -427,8 +433,8 @@ class RollupProcessor:
             state.due_at = None  # no live entry now: a failed finalization's retry or a reopen pushes again
             self._finalize(state, reason, now)
             finalized += 1
-            if not state.final:  # the store failed: try again at the next tick
-                self._touched.add(cid)
+            if not state.final:  # the store failed: try again at the next tick (not the next slice)
+                self._retry_next_tick.add(cid)
         if now >= self._evict_at:
             self._evict_at = now + EVICT_SWEEP_S
             for cid, state in list(self.calls.items()):
@@ -437,7 +443,9 @@ class RollupProcessor:
                     del self.calls[cid]
         if done:
             done = self.flush_envelopes(stop_at=stop_at)
-        self._expire_pending(now)
+        if new_tick:  # O(pending spans): once a tick, not at the end of every 5 ms slice
+            self._expire_pending(now)
+        self._tick_done = done
         return done
 
     def _finalize(self, state: CallState, reason: str, now: float) -> None:
@@ -460,7 +468,7 @@ class RollupProcessor:
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
             self._write(state, envelope)
-        except StoreError as e:
+        except OSError as e:  # StoreError, or a raw OSError (write_envelope's stat of metadata.json: EACCES, EIO)
             self.metrics.store_errors.labels("finalize").inc()
             log.warning("finalize of a call failed; will retry: %s", e.strerror, extra={"call_id": state.call_id})
             state.final = False
@@ -548,7 +556,7 @@ class RollupProcessor:
         """`_write`, with a store failure counted instead of raised (False): the caller stops for this tick."""
         try:
             self._write(state)
-        except StoreError:
+        except OSError:  # StoreError, or a raw OSError from write_envelope's stat
             self.metrics.store_errors.labels("envelope").inc()
             return False
         return True

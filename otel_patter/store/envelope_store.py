@@ -187,15 +187,17 @@ class EnvelopeStore:
         return None
 
     # -- writes (each raises StoreError) --------------------------------------------------
-    def _guard(self, fn: Any, *args: Any) -> None:
+    def _guard(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` with an OSError turned into a StoreError (and `error` set, which readiness reports)."""
         try:
-            fn(*args)
+            result = fn(*args)
         except OSError as e:
             self.errors_total += 1
             self.error = {errno.ENOSPC: "disk full", errno.EROFS: "read-only file system",
                           errno.EDQUOT: "disk quota exceeded"}.get(e.errno or 0, e.strerror or str(e))
             raise StoreError(e.errno, self.error) from e
         self.error = None
+        return result
 
     def ensure_call_dir(self, reldir: str) -> None:
         if reldir not in self._known_dirs:
@@ -317,17 +319,20 @@ class EnvelopeStore:
         """Write metadata.json, or otel-patter.json beside one the SDK (or anyone) wrote; the path written."""
         d = self._call_dir(reldir)
         target = f"{d}/metadata.json"
-        try:
-            os.stat(target)
-            theirs = not self._is_ours(target)
-        except OSError as e:  # none yet (Path.exists, without its cost); any other error is raised, as it did
-            if e.errno not in _ABSENT:
-                raise
-            theirs = False
-        if theirs:
+        if self._guard(self._taken, target):  # a stat failing (EACCES, EIO) is a store error like a failed write
             target = f"{d}/otel-patter.json"
         self._guard(self.ops.write_atomic, target, envelope_bytes(envelope))
         return target
+
+    def _taken(self, path: str) -> bool:
+        """A file is at `path` and it is not ours (the SDK's metadata.json)."""
+        try:
+            os.stat(path)  # none yet: Path.exists, without its cost
+        except OSError as e:
+            if e.errno in _ABSENT:
+                return False
+            raise
+        return not self._is_ours(path)
 
     @staticmethod
     def _is_ours(path: str | Path) -> bool:
