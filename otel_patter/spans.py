@@ -55,6 +55,10 @@ def attrs_dict(kvs: Any) -> dict[str, Any]:
         if s:
             out[kv.key] = s
             continue
+        i = v.int_value  # then non-zero ints (a oneof: only an int_value reads non-zero)
+        if i:
+            out[kv.key] = i
+            continue
         kind = v.WhichOneof("value")
         out[kv.key] = getattr(v, kind) if kind in _PLAIN else any_value(v)
     if len(out) != len(kvs):

@@ -63,6 +63,8 @@ PHONE_MODES = ("mask", "hash_only")
 # key decisions
 _DROP, _SCRUB, _RAW, _IDKEY = 0, 1, 2, 3
 _KEY_CACHE_MAX = 10_000  # keys can be attacker-chosen (`x.0.y`, `x.1.y`, ...): bound the cache
+_PLAN_CACHE_MAX = 1024  # attribute key sets whose `_flat_clean` plan is kept (bounded as the key cache)
+_NO_PLAN: Any = object()  # not in the plan cache (None there means: a key of the set is dropped)
 _CLEAN_CACHE_MAX = 8192  # bounded like the key cache: values can be attacker-chosen too
 _CLEAN_MAX_LEN = 256
 _MAX_PASSES = 4  # every pass that changes something removes digits or secrets; 2 suffice in practice
@@ -383,6 +385,9 @@ class PiiProcessor(Stage):
         self._deny_cfg = _glob_regex(config.deny_keys, ignore_case=False)
         self._keys: dict[str, int] = {}
         self._clean: set[str] = set()  # recent short strings that needed no change (span names, providers)
+        # `_flat_clean`'s plan of each attribute key set (a pure function of `_decide`, so kept across requests:
+        # an app sends the same few key sets in every request); None for a set with a dropped key. Bounded.
+        self._plans: dict[tuple[str, ...], tuple[tuple[str, int], ...] | None] = {}
         self.counts: Counter[str] = Counter()
 
     # -- keys --------------------------------------------------------------------------------------
@@ -683,11 +688,16 @@ class PiiProcessor(Stage):
 
     def _flat_clean(self, batch: TraceBatch) -> bool:
         spans = 0
+        versions: list[str] = []  # scope versions are not on the records (names are): checked below
         for rs in batch.request.resource_spans:  # what records do not carry: scope attributes, links, empty ones
             n = 0
             for ss in rs.scope_spans:
-                if len(ss.scope.attributes):
+                scope = ss.scope
+                if len(scope.attributes):
                     return False
+                version = scope.version
+                if version:
+                    versions.append(version)
                 for span in ss.spans:
                     if len(span.links):
                         return False
@@ -712,20 +722,23 @@ class PiiProcessor(Stage):
                 clean.add(v)
             return True
 
-        plans: dict[tuple[str, ...], tuple[tuple[str, int], ...]] = {}
+        plans = self._plans
 
         def plan_of(ks: tuple[str, ...]) -> tuple[tuple[str, int], ...] | None:
             """The keys whose values need a look (not raw), or None when one is dropped (the fast path ends)."""
-            todo = []
+            todo: list[tuple[str, int]] | None = []
             for k in ks:
                 d = keys.get(k)
                 if d is None:
                     d = decide(k)
                 if d == _DROP:
-                    return None
+                    todo = None
+                    break
                 if d != _RAW:
-                    todo.append((k, d))
-            plans[ks] = plan = tuple(todo)
+                    todo.append((k, d))  # type: ignore[union-attr]
+            if len(plans) >= _PLAN_CACHE_MAX:
+                plans.clear()
+            plans[ks] = plan = None if todo is None else tuple(todo)
             return plan
 
         def clean_attrs(attrs: dict[str, Any]) -> bool:
@@ -733,11 +746,11 @@ class PiiProcessor(Stage):
                 return False
             # the records of a request repeat a few key sets: each set's decisions are looked up once
             ks = tuple(attrs)
-            plan = plans.get(ks)
-            if plan is None:
+            plan = plans.get(ks, _NO_PLAN)
+            if plan is _NO_PLAN:
                 plan = plan_of(ks)
-                if plan is None:
-                    return False
+            if plan is None:
+                return False
             for k, d in plan:
                 v = attrs[k]
                 t = type(v)
@@ -748,10 +761,9 @@ class PiiProcessor(Stage):
                     return False
             return True
 
-        for rs in batch.request.resource_spans:  # scope versions are not on the records (names are)
-            for ss in rs.scope_spans:
-                if ss.scope.version and not clean_str(ss.scope.version):
-                    return False
+        for version in versions:
+            if not clean_str(version):
+                return False
         resources: set[int] = set()
         last: dict[str, Any] | None = None
         for rec in records:

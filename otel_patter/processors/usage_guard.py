@@ -29,6 +29,7 @@ LIMITS: dict[str, float] = {
     "patter.latency.turn_ms": 86_400_000,
 }
 _PREFIXES = ("patter.cost.", "patter.latency.")
+_USAGE_KEYS_MAX = 1024  # key sets whose usage keys are kept (keys can be attacker-chosen)
 
 
 def usage_problem(key: str, value: object) -> str | None:
@@ -48,6 +49,9 @@ def usage_problem(key: str, value: object) -> str | None:
 class UsageGuard(Stage):
     def __init__(self, metrics: SelfMetrics) -> None:
         self.metrics = metrics
+        # a key set's usage keys (`_check_record`): a pure function of the set, kept across requests (an app sends
+        # the same few key sets in every request); bounded
+        self._usage_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
 
     def consume(self, batch: TraceBatch) -> None:
         """Drop invalid spans from `batch.request` (and from `batch.records` when it was flattened first)."""
@@ -69,7 +73,9 @@ class UsageGuard(Stage):
         a record whose verdict the flat view cannot settle exactly is judged on its protobuf span."""
         verdicts: dict[int, str] = {}
         exact: list[int] = []
-        usage_keys: dict[tuple[str, ...], tuple[str, ...]] = {}  # a key set's usage keys (records repeat a few)
+        usage_keys = self._usage_keys
+        if len(usage_keys) >= _USAGE_KEYS_MAX:
+            usage_keys.clear()
         for i, rec in enumerate(batch.records):
             problem = _check_record(rec, usage_keys)
             if problem is _EXACT:

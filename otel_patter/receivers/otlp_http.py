@@ -106,6 +106,9 @@ class OtlpHttpReceiver:
         return counted
 
     def _handler(self, req_t: Any, resp_t: Any, consume: Any, signal: str) -> Any:
+        # the answer to a request that lost nothing (nearly every one), encoded once per content type
+        ok_bodies = {ct: encode_response(resp_t(), ct) for ct in (PROTOBUF, JSON)}
+
         async def handle(request: web.Request) -> web.Response:
             ct = _content_type(request)
             try:
@@ -125,6 +128,8 @@ class OtlpHttpReceiver:
                 return _error(r, ct)
             except _BodyTimeout:
                 return await self._timed_out(request)
+            if not result.rejected and not result.message:  # partial_success_response: an empty response
+                return web.Response(body=ok_bodies[ct], content_type=ct)
             return web.Response(body=encode_response(partial_success_response(resp_t, signal, result), ct),
                                 content_type=ct)
 

@@ -65,7 +65,12 @@ class FileOps:
 
     def _write_all(self, fd: int, data: bytes) -> None:
         """Write every byte (a full disk first shortens a write, then fails the next one)."""
-        view = memoryview(data)
+        if not data:
+            return
+        n = os.write(fd, data)
+        if n == len(data):  # the common case: one write took it all (no memoryview)
+            return
+        view = memoryview(data)[n:]
         while view:
             n = os.write(fd, view)
             view = view[n:]
