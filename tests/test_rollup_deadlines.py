@@ -196,3 +196,21 @@ def test_pending_spans_are_looked_at_once_a_tick_not_at_every_slice(tmp_path: Pa
     while not rollup.tick(budget_s=0.0):
         slices += 1
     assert (slices, looked) == (20, [5])
+
+
+def test_final_calls_leave_memory_a_slice_of_calls_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a sweep looks at every call in memory: a few thousand a tick slice, not all of them at once
+    from otel_patter.processors import rollup as rollup_mod
+
+    monkeypatch.setattr(rollup_mod, "EVICT_SLICE", 10)
+    ip, ids = _backlog_of_due_calls(tmp_path, 25)
+    rollup = ip.pipeline.rollup
+    rollup.tick()  # all 25 final
+    rollup._evict_at, rollup._evict_scan = 0.0, []  # the next sweep is due
+    rollup.clock = lambda: time.time() + 61 + rollup_mod.EVICT_AFTER_S + 1
+    in_memory = []
+    for _ in range(4):
+        rollup.tick()
+        in_memory.append(len(rollup.calls))
+    assert in_memory == [15, 5, 0, 0]
+    assert rollup.get(ids[0])["revision"] == 1  # read back from its WAL when asked for

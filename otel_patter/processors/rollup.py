@@ -50,6 +50,7 @@ TRACE_MAP_MAX = 200_000
 TRACE_KEY_MASK = (1 << 60) - 1  # ints below 2**60 take 32 bytes
 EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
+EVICT_SLICE = 2000  # calls a tick slice looks at for eviction (a sweep of 100k calls at once held the loop ~80 ms)
 HEAP_SLACK = 1024  # stale deadline entries tolerated beyond two per call before the heap is rebuilt
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
@@ -112,6 +113,7 @@ class RollupProcessor:
         self._tick_done = True  # the last tick() finished its slices: the next call starts a new tick
         self._child = LabelledChildren()
         self._evict_at = 0.0
+        self._evict_scan: list[str] = []  # the calls the current sweep has still to look at
         self._batch_states: dict[str, CallState | None] = {}
         self._batch_sides: dict[tuple[str, int], tuple[dict[str, Any], str]] = {}  # _side_of, inside assign
         # after a restart: open calls of the index not replayed from their WAL yet (a dict as an ordered set), those
@@ -435,18 +437,29 @@ class RollupProcessor:
             finalized += 1
             if not state.final:  # the store failed: try again at the next tick (not the next slice)
                 self._retry_next_tick.add(cid)
-        if now >= self._evict_at:
+        if now >= self._evict_at and not self._evict_scan:
             self._evict_at = now + EVICT_SWEEP_S
-            for cid, state in list(self.calls.items()):
-                if state.final and state.final_at is not None and now - state.final_at > EVICT_AFTER_S \
-                        and not state.dirty:
-                    del self.calls[cid]
+            self._evict_scan = list(self.calls)
+        if self._evict_scan:
+            self._evict_some(now)
         if done:
             done = self.flush_envelopes(stop_at=stop_at)
         if new_tick:  # O(pending spans): once a tick, not at the end of every 5 ms slice
             self._expire_pending(now)
         self._tick_done = done
         return done
+
+    def _evict_some(self, now: float) -> None:
+        """The next EVICT_SLICE calls of the sweep: those final for EVICT_AFTER_S leave memory (a late span or a
+        query reads them back from their WAL)."""
+        scan = self._evict_scan
+        calls = self.calls
+        for cid in scan[-EVICT_SLICE:]:
+            state = calls.get(cid)
+            if state is not None and state.final and state.final_at is not None \
+                    and now - state.final_at > EVICT_AFTER_S and not state.dirty:
+                del calls[cid]
+        del scan[-EVICT_SLICE:]
 
     def _finalize(self, state: CallState, reason: str, now: float) -> None:
         requested_at = state.finalize_requested_at
