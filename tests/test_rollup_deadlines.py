@@ -181,7 +181,7 @@ def test_pending_spans_are_looked_at_once_a_tick_not_at_every_slice(tmp_path: Pa
     # spans waiting for their trace's call id: expiring them walks them all, so it is done once a tick
     from tests.otlp import span
 
-    ip, ids = _backlog_of_due_calls(tmp_path, 20)
+    ip, _ = _backlog_of_due_calls(tmp_path, 20)
     ip.pipeline.consume_traces(request([span("llm.call", {}) for _ in range(5)]), "grpc")  # no call id yet
     rollup = ip.pipeline.rollup
     looked: list[int] = []

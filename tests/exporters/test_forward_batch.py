@@ -340,18 +340,8 @@ def test_shutdown_keeps_draining_after_the_downstream_refused_one_request_of_a_b
 def test_shutdown_keeps_draining_a_downstream_that_refused_a_batch_for_its_size(tmp_path: Path) -> None:
     down = HttpDownstream(max_receive=8 * 1024).start()
     sent = bodies(2)
-
-    async def main() -> int:
-        d = Downstream(ForwardTarget("h", down.endpoint, "http", **FAST), tmp_path, ForwardMetrics(SelfMetrics()),
-                       fsync=False)
-        await d.start()
-        for body in sent:
-            d.enqueue("traces", body, 1)
-        await d.shutdown()  # SIGTERM: drain a healthy downstream (a split is not a failing one)
-        return len(d.queue)
-
-    try:
-        left = asyncio.run(main())
+    try:  # a split is not a failing downstream
+        left = _shutdown_left(ForwardTarget("h", down.endpoint, "http", **FAST), tmp_path, sent)
     finally:
         down.stop()
     assert left == 0
