@@ -214,3 +214,31 @@ def test_final_calls_leave_memory_a_slice_of_calls_at_a_time(tmp_path: Path, mon
         in_memory.append(len(rollup.calls))
     assert in_memory == [15, 5, 0, 0]
     assert rollup.get(ids[0])["revision"] == 1  # read back from its WAL when asked for
+
+
+def test_the_pending_log_is_rewritten_from_lines_encoded_once(tmp_path: Path) -> None:
+    # spans with no call id (a web framework's health checks) wait in pending; each rewrite after one of them
+    # left writes the others' lines as they were first encoded
+    import json
+
+    from tests.otlp import span
+
+    ip = InProcess(tmp_path / "log")
+    rollup = ip.pipeline.rollup
+    waiting = [span("GET /healthz", {"http.route": "/healthz", "http.status_code": 200}) for _ in range(3)]
+    ip.pipeline.consume_traces(request(waiting), "http")
+    encoded: list[str] = []
+    pending_line = rollup._pending_line
+
+    def counted(rec, arrival):  # type: ignore[no-untyped-def]
+        encoded.append(rec.span_id)
+        return pending_line(rec, arrival)
+
+    rollup._pending_line = counted  # type: ignore[method-assign]
+    for gone in waiting[:2]:  # one leaves (resolved or expired) before each tick
+        del rollup.pending[gone.trace_id.hex()]
+        rollup._pending_dirty = True
+        rollup.tick()
+    assert encoded == [waiting[1].span_id.hex(), waiting[2].span_id.hex()]  # each once, at the first rewrite
+    lines = (tmp_path / "log" / "state" / "pending.jsonl").read_text().splitlines()
+    assert [json.loads(line)["data"]["span_id"] for line in lines] == [waiting[2].span_id.hex()]
