@@ -242,3 +242,15 @@ def test_the_pending_log_is_rewritten_from_lines_encoded_once(tmp_path: Path) ->
     assert encoded == [waiting[1].span_id.hex(), waiting[2].span_id.hex()]  # each once, at the first rewrite
     lines = (tmp_path / "log" / "state" / "pending.jsonl").read_text().splitlines()
     assert [json.loads(line)["data"]["span_id"] for line in lines] == [waiting[2].span_id.hex()]
+
+
+def test_the_pending_gauge_counts_spans_waiting_for_a_call_id_when_scraped(tmp_path: Path) -> None:
+    from tests.otlp import span
+
+    ip = InProcess(tmp_path / "log")
+    waiting = [span("GET /healthz", {"http.route": "/healthz"}) for _ in range(3)]
+    ip.pipeline.consume_traces(request([*waiting, tts_span(CALL_ID)]), "http")
+    registry = ip.pipeline.metrics.registry
+    assert registry.get_sample_value("otel_patter_spans_pending") == 3
+    del ip.pipeline.rollup.pending[waiting[0].trace_id.hex()]
+    assert registry.get_sample_value("otel_patter_spans_pending") == 2

@@ -131,6 +131,7 @@ class RollupProcessor:
         # traces with pending spans whose call was just replayed: counted before the call is read or finalized
         self._traces_to_resolve: set[str] = set()
         metrics.calls_open.set_function(self.open_calls)  # read at scrape time, not recounted per request
+        metrics.spans_pending.set_function(lambda: sum(len(v) for v in self.pending.values()))  # likewise
 
     def open_calls(self) -> int:
         return sum(1 for s in self.calls.values() if not s.final) + len(self._unloaded) + len(self._replay_retry) + \
@@ -332,8 +333,6 @@ class RollupProcessor:
             self._pending_dirty = True
         for rec in plan.pending:
             self.pending.setdefault(rec.trace_id, []).append((rec, now))
-        if plan.pending or plan.resolved_pending:
-            self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
 
     # -- finalization ---------------------------------------------------------------------------
     def request_finalize(self, call_id: str) -> bool:
@@ -636,7 +635,6 @@ class RollupProcessor:
                 self._pending_dirty = False
             except StoreError:
                 self.metrics.store_errors.labels("pending").inc()
-        self.metrics.spans_pending.set(sum(len(v) for v in self.pending.values()))
 
     @staticmethod
     def _pending_line(rec: SpanRecord, arrival: float) -> str:
