@@ -254,3 +254,41 @@ def test_the_pending_gauge_counts_spans_waiting_for_a_call_id_when_scraped(tmp_p
     assert registry.get_sample_value("otel_patter_spans_pending") == 3
     del ip.pipeline.rollup.pending[waiting[0].trace_id.hex()]
     assert registry.get_sample_value("otel_patter_spans_pending") == 2
+
+
+def _pending_log_lines(tmp_path: Path) -> list[dict]:  # type: ignore[type-arg]
+    import json
+
+    return [json.loads(line) for line in (tmp_path / "log" / "state" / "pending.jsonl").read_text().splitlines()]
+
+
+def test_the_pending_log_keeps_a_line_per_pending_entry_even_for_a_span_held_twice(tmp_path: Path) -> None:
+    # a request refused after its pending append and retried leaves a span twice in the log; a restart reads both
+    from otel_patter.spans import SpanRecord
+    from tests.otlp import span
+
+    ip = InProcess(tmp_path / "log")
+    ip.pipeline.consume_traces(request([span("GET /healthz", {"http.route": "/healthz"})]), "http")
+    rollup = ip.pipeline.rollup
+    (entries,) = rollup.pending.values()
+    rec, arrival = entries[0]
+    entries.append((SpanRecord.from_json(rec.to_json()), arrival))  # as read back from the log after a restart
+    rollup._pending_dirty = True
+    rollup.tick()
+    assert [line["data"]["span_id"] for line in _pending_log_lines(tmp_path)] == [rec.span_id, rec.span_id]
+
+
+def test_a_pending_span_whose_arrival_moved_is_written_with_its_new_arrival(tmp_path: Path) -> None:
+    # (recovery's end moves pending arrivals to it): a line encoded before is not reused for the new arrival
+    from tests.otlp import span
+
+    ip = InProcess(tmp_path / "log")
+    ip.pipeline.consume_traces(request([span("GET /healthz", {"http.route": "/healthz"})]), "http")
+    rollup = ip.pipeline.rollup
+    ((trace_id, entries),) = rollup.pending.items()
+    rec, _ = entries[0]
+    for arrival, ts in ((1_800_000_000.0, "2027-01-15T08:00:00.000Z"), (1_800_000_007.0, "2027-01-15T08:00:07.000Z")):
+        rollup.pending[trace_id] = [(rec, arrival)]
+        rollup._pending_dirty = True
+        rollup._expire_pending(arrival)
+        assert [line["ts"] for line in _pending_log_lines(tmp_path)] == [ts]

@@ -95,7 +95,7 @@ class RollupProcessor:
         # each pending span's line of the pending log, encoded at the first rewrite that holds it: a rewrite (after
         # any pending span resolved or expired) joins them instead of encoding every span again (10k pending
         # spans: ~100 ms a rewrite)
-        self._pending_lines: dict[tuple[str, str], str] = {}
+        self._pending_lines: dict[tuple[str, str], tuple[SpanRecord, float, str]] = {}
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         # outputs that must not be lost (the forward queue's summary span) run before the call is final on disk,
         # so a crash between them makes the call open again after a restart and it is finalized (and they run)
@@ -623,15 +623,17 @@ class RollupProcessor:
             else:
                 del self.pending[trace_id]
         if self._pending_dirty:
-            encoded, kept = self._pending_lines, {}
+            encoded, kept, lines = self._pending_lines, {}, []
             for lst in self.pending.values():
                 for r, t in lst:
                     key = (r.trace_id, r.span_id)
-                    line = encoded.get(key)
-                    kept[key] = self._pending_line(r, t) if line is None else line
+                    hit = encoded.get(key)  # reused only for the same entry (a moved arrival or a duplicate: again)
+                    line = hit[2] if hit is not None and hit[0] is r and hit[1] == t else self._pending_line(r, t)
+                    kept[key] = (r, t, line)
+                    lines.append(line)  # one line per pending entry, as before
             self._pending_lines = kept
             try:
-                self.store.rewrite_pending(list(kept.values()))
+                self.store.rewrite_pending(lines)
                 self._pending_dirty = False
             except StoreError:
                 self.metrics.store_errors.labels("pending").inc()

@@ -74,8 +74,6 @@ class UsageGuard(Stage):
         verdicts: dict[int, str] = {}
         exact: list[int] = []
         usage_keys = self._usage_keys
-        if len(usage_keys) >= _USAGE_KEYS_MAX:
-            usage_keys.clear()
         for i, rec in enumerate(batch.records):
             problem = _check_record(rec, usage_keys)
             if problem is _EXACT:
@@ -138,6 +136,8 @@ def _check_record(rec: SpanRecord, usage_keys: dict[tuple[str, ...], tuple[str, 
     ks = tuple(attrs)
     keys = usage_keys.get(ks)
     if keys is None:
+        if len(usage_keys) >= _USAGE_KEYS_MAX:  # per new set: one request's many sets stay bounded too
+            usage_keys.clear()
         keys = usage_keys[ks] = tuple(k for k in ks if k.startswith(_PREFIXES))
     for key in keys:
         value = attrs[key]
