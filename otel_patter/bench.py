@@ -304,13 +304,14 @@ def _floor_rounds(modes: dict[str, Callable[[bytes], Any]], bodies: Sequence[byt
         out[f"{name}_spans_per_cpu_second"] = round(best)
 
 
-CALL_ID_KEYS = ("patter.call_id", "patter.call.id", "getpatter.call.id")
 STORE_FLOOR_CALLS = 2000
 
 
 def load_shape(bodies: Sequence[bytes]) -> tuple[float, float]:
     """Spans a call and requests carrying a call (each one append to its WAL), in the load traffic."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from otel_patter.processors.rollup_state import CALL_ID_KEYS
 
     trace_call: dict[bytes, str] = {}
     requests: list[list[tuple[bytes, str | None]]] = []

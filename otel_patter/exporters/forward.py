@@ -247,16 +247,16 @@ class Downstream:
         left = items - gone_items
         self.failures += 1
         self.last_error = r.error
-        if len(batch) > 1 and r.timed_out:  # maybe more than it answers within the timeout: half of it next, after
-            self.retry_limit = size // 2  # the backoff (it may still be busy with this one); slow for this much is
-            self.retrying = False  # not down: neither failing nor retrying (shutdown keeps draining)
+        # a batch that timed out may be more than the downstream answers within the timeout: half of it next, after
+        # the backoff (it may still be busy with this one). Slow for this much is not down: neither failing nor
+        # retrying (shutdown keeps draining)
+        slow = len(batch) > 1 and r.timed_out
+        if slow:
+            self.retry_limit = size // 2
             log.warning("forward %s: a %d-byte batch timed out; sends carry at most %d bytes until the queue is "
                         "empty", self.name, size, self.retry_limit, extra={"downstream": self.name})
-            if left:
-                self.fm.retries.labels(self.name).inc()
-            return self.backoff()
-        self.retrying = r.retryable
-        if self.failing_since is None:
+        self.retrying = r.retryable and not slow
+        if self.failing_since is None and not slow:
             self.failing_since = time.time()
             log.warning("forward %s: send failed (%s); %s", self.name, r.error,
                         "will retry" if r.retryable else "not retryable, dropped", extra={"downstream": self.name})

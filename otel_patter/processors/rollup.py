@@ -484,7 +484,7 @@ class RollupProcessor:
             self.store.append_index([{"id": state.call_id, "open": False, "revision": state.revision,
                                       "reason": reason}])
             self._write(state, envelope)
-        except OSError as e:  # StoreError, or a raw OSError (write_envelope's stat of metadata.json: EACCES, EIO)
+        except OSError as e:  # StoreError, or any OSError a store call lets through: never left final half-way
             self.metrics.store_errors.labels("finalize").inc()
             log.warning("finalize of a call failed; will retry: %s", e.strerror, extra={"call_id": state.call_id})
             state.final = False
@@ -572,7 +572,7 @@ class RollupProcessor:
         """`_write`, with a store failure counted instead of raised (False): the caller stops for this tick."""
         try:
             self._write(state)
-        except OSError:  # StoreError, or a raw OSError from write_envelope's stat
+        except OSError:  # StoreError, or any OSError a store call lets through
             self.metrics.store_errors.labels("envelope").inc()
             return False
         return True
