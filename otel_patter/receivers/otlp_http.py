@@ -5,6 +5,9 @@ the memory limit (503 + Retry-After) are checked. The body is read in chunks aga
 the memory limit and a deadline (`receivers.otlp.read_timeout`): a client that sends its body byte by
 byte, or stops, gets 408 and its connection is closed; so is one that never finishes its request head
 (aiohttp's keep-alive timer, set to the same timeout). TLS (and mTLS) by config.
+
+Connections start on `http_fast`, which answers small plain requests that arrived whole through the same `_Route`
+as the aiohttp handler, and hands a connection to aiohttp for anything else.
 """
 
 from __future__ import annotations
@@ -44,15 +47,20 @@ from otel_patter.receivers.decode import (
     parse,
     partial_success_response,
 )
+from otel_patter.receivers.http_fast import Answer, FastHttp, Handler
 from otel_patter.receivers.security import listener_auth, server_ssl_context
 
 log = logging.getLogger("otel_patter.receivers.http")
+# bodies up to this are answered by http_fast (a quiet call's are ~3 KiB); it buffers one while it arrives, before
+# the memory limiter holds it, as aiohttp's own reader buffers up to 64 KiB a connection before its handler runs
+FAST_MAX_BODY = 64 << 10
+
 
 def _content_type(request: web.Request) -> str:
     return request.content_type.split(";")[0].strip().lower()
 
 
-def _error(r: Refusal, content_type: str) -> web.Response:
+def _refusal_answer(r: Refusal, content_type: str) -> Answer:
     status = status_pb2.Status(code=r.grpc_code.value[0], message=r.message)
     ct = content_type if content_type in (PROTOBUF, JSON) else JSON
     headers = {}
@@ -60,7 +68,12 @@ def _error(r: Refusal, content_type: str) -> web.Response:
         headers["Retry-After"] = str(max(1, round(r.retry_after)))
     if isinstance(r, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="otel-patter"'
-    return web.Response(status=r.http_status, body=encode_response(status, ct), content_type=ct, headers=headers)
+    return Answer(r.http_status, encode_response(status, ct), ct, headers)
+
+
+def _response(answer: Answer) -> web.Response:
+    return web.Response(status=answer.status, body=answer.body, content_type=answer.content_type,
+                        headers=answer.headers)
 
 
 class _BodyTimeout(Exception):
@@ -79,20 +92,25 @@ class OtlpHttpReceiver:
         memory = getattr(pipeline, "memory", None)
         self.memory: MemoryLimiter = memory if isinstance(memory, MemoryLimiter) else MemoryLimiter(None)
         self.runner: web.AppRunner | None = None
+        self.server: asyncio.Server | None = None
+        self.fast: FastHttp | None = None
         self.port = 0
-        self.in_flight = 0  # requests being handled (their body may still be arriving)
+        self.in_flight = 0  # aiohttp's requests being handled, body maybe still arriving (http_fast: receiving())
 
-    def app(self) -> web.Application:
-        # compressed bodies are bounded by the same limit; decompression is bounded separately
-        app = web.Application(client_max_size=self.max_request_bytes)
+    def _routes(self) -> dict[str, _Route]:
         p = self.pipeline
-        for path, req_t, resp_t, consume, signal in (
+        return {path: _Route(self, req_t, resp_t, consume, signal) for path, req_t, resp_t, consume, signal in (
             ("/v1/traces", ExportTraceServiceRequest, ExportTraceServiceResponse, p.consume_traces, "traces"),
             ("/v1/metrics", ExportMetricsServiceRequest, ExportMetricsServiceResponse, p.consume_metrics,
              "metrics"),
             ("/v1/logs", ExportLogsServiceRequest, ExportLogsServiceResponse, p.consume_logs, "logs"),
-        ):
-            app.router.add_post(path, self._counted(self._handler(req_t, resp_t, consume, signal)))
+        )}
+
+    def app(self, routes: dict[str, _Route] | None = None) -> web.Application:
+        # compressed bodies are bounded by the same limit; decompression is bounded separately
+        app = web.Application(client_max_size=self.max_request_bytes)
+        for path, route in (routes or self._routes()).items():
+            app.router.add_post(path, self._counted(self._handler(route)))
         return app
 
     def _counted(self, handler: Any) -> Any:
@@ -105,33 +123,32 @@ class OtlpHttpReceiver:
 
         return counted
 
-    def _handler(self, req_t: Any, resp_t: Any, consume: Any, signal: str) -> Any:
-        # the answer to a request that lost nothing (nearly every one), encoded once per content type
-        ok_bodies = {ct: encode_response(resp_t(), ct) for ct in (PROTOBUF, JSON)}
-
+    def _handler(self, route: _Route) -> Any:
         async def handle(request: web.Request) -> web.Response:
             ct = _content_type(request)
             try:
-                self.auth.check(request.headers.get("Authorization"))
-                if ct not in (PROTOBUF, JSON):
-                    raise UnsupportedMediaType(
-                        f"unsupported Content-Type {ct!r}: use application/x-protobuf or application/json")
-                with self.memory.hold(signal) as hold:
+                route.check(ct, request.headers.get("Authorization"))
+                with self.memory.hold(route.signal) as hold:
                     raw = await self._read_body(request, hold)
-                    body = decompress(raw, request.headers.get("Content-Encoding"), self.max_request_bytes)
-                    hold.add(len(body) - len(raw))  # what inflating added
-                    msg = parse(body, ct, req_t)
-                    del raw, body
-                    transport = "http/protobuf" if ct == PROTOBUF else "http/json"
-                    result = consume(msg, transport)
+                    answer = route.process(ct, request.headers.get("Content-Encoding"), raw, hold)
             except Refusal as r:
-                return _error(r, ct)
+                answer = _refusal_answer(r, ct)
             except _BodyTimeout:
                 return await self._timed_out(request)
-            if not result.rejected and not result.message:  # partial_success_response: an empty response
-                return web.Response(body=ok_bodies[ct], content_type=ct)
-            return web.Response(body=encode_response(partial_success_response(resp_t, signal, result), ct),
-                                content_type=ct)
+            return _response(answer)
+
+        return handle
+
+    def _fast_handler(self, route: _Route) -> Handler:
+        """The same request handled by `http_fast` (a small body, already read whole)."""
+        def handle(ct: str, headers: dict[str, str], raw: bytes) -> Answer:
+            try:
+                route.check(ct, headers.get("authorization"))
+                with self.memory.hold(route.signal) as hold:
+                    hold.add(len(raw))  # as `_read_body` holds a declared length
+                    return route.process(ct, headers.get("content-encoding"), raw, hold)
+            except Refusal as r:
+                return _refusal_answer(r, ct)
 
         return handle
 
@@ -188,14 +205,19 @@ class OtlpHttpReceiver:
         # we inflate ourselves (decode.decompress) so the decompressed size limit holds; keepalive_timeout
         # also bounds how long a new connection may take to send its request head (aiohttp starts that timer
         # when the connection is made and closes the connection if no complete request arrived by then)
-        self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, auto_decompress=False,
+        routes = self._routes()
+        self.runner = web.AppRunner(self.app(routes), access_log=None, handle_signals=False, auto_decompress=False,
                                     keepalive_timeout=self.read_timeout)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.requested_port, reuse_address=True,
-                           ssl_context=server_ssl_context(self.tls))
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        assert self.runner.server is not None
+        # connections start on the fast path and move to aiohttp for anything it does not take (http_fast)
+        self.fast = FastHttp({path: self._fast_handler(route) for path, route in routes.items()},
+                             self.runner.server, max_body=min(FAST_MAX_BODY, self.max_request_bytes),
+                             idle_timeout=self.read_timeout)
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(self.fast, self.host, self.requested_port, backlog=128,
+                                               reuse_address=True, ssl=server_ssl_context(self.tls))
+        sockets = self.server.sockets or []
         self.port = sockets[0].getsockname()[1] if sockets else self.requested_port
         log.info("OTLP/HTTP listening on %s:%s%s%s", self.host, self.port, " (TLS)" if self.tls else "",
                  " (bearer token)" if self.auth.enabled else "")
@@ -211,10 +233,44 @@ class OtlpHttpReceiver:
             return
         loop = asyncio.get_running_loop()
         until = loop.time() + grace
-        for site in list(self.runner.sites):
-            await site.stop()
-        while self.in_flight and loop.time() < until:
+        if self.server is not None:
+            self.server.close()
+        fast = self.fast
+        while (self.in_flight or (fast is not None and fast.receiving())) and loop.time() < until:
             await asyncio.sleep(0.02)
+        if fast is not None:
+            fast.close_all()
         # aiohttp reads it in cleanup(); 0 would mean "no timeout" there, so keep it positive
         self.runner._shutdown_timeout = max(0.05, until - loop.time())
         await self.runner.cleanup()
+
+
+class _Route:
+    """One OTLP path: what both the aiohttp handler and the fast path do with a request to it."""
+
+    def __init__(self, receiver: OtlpHttpReceiver, req_t: Any, resp_t: Any, consume: Any, signal: str) -> None:
+        self.receiver = receiver
+        self.req_t = req_t
+        self.resp_t = resp_t
+        self.consume = consume
+        self.signal = signal
+        # the answer to a request that lost nothing (nearly every one), encoded once per content type
+        self.ok = {ct: Answer(200, encode_response(resp_t(), ct), ct) for ct in (PROTOBUF, JSON)}
+
+    def check(self, ct: str, authorization: str | None) -> None:
+        """What is refused before the body is read: the bearer token, then the content type."""
+        self.receiver.auth.check(authorization)
+        if ct not in (PROTOBUF, JSON):
+            raise UnsupportedMediaType(
+                f"unsupported Content-Type {ct!r}: use application/x-protobuf or application/json")
+
+    def process(self, ct: str, encoding: str | None, raw: bytes, hold: Hold) -> Answer:
+        """Inflate, parse and consume a body read whole (its bytes held in `hold`)."""
+        body = decompress(raw, encoding, self.receiver.max_request_bytes)
+        hold.add(len(body) - len(raw))  # what inflating added
+        msg = parse(body, ct, self.req_t)
+        del raw, body
+        result = self.consume(msg, "http/protobuf" if ct == PROTOBUF else "http/json")
+        if not result.rejected and not result.message:  # partial_success_response: an empty response
+            return self.ok[ct]
+        return Answer(200, encode_response(partial_success_response(self.resp_t, self.signal, result), ct), ct)

@@ -93,21 +93,23 @@ async def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body)
 
 
-def _post_head(port: int, length: int) -> bytes:
+def _post_head(port: int, length: int, connection: str = "close") -> bytes:
     return (f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/x-protobuf\r\n"
-            f"Content-Length: {length}\r\nConnection: close\r\n\r\n").encode()
+            f"Content-Length: {length}\r\nConnection: {connection}\r\n\r\n").encode()
 
 
-def test_shutdown_drains_a_request_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("connection", ["close", "keep-alive"], ids=["aiohttp", "fast-path"])
+def test_shutdown_drains_a_request_in_flight(tmp_path: Path, connection: str) -> None:
     """A request whose body is still arriving when shutdown starts is answered 200 and its spans are in the
-    WAL; meanwhile the listener refuses new connections and /readyz says draining (/healthz stays 200)."""
+    WAL; meanwhile the listener refuses new connections and /readyz says draining (/healthz stays 200). Either
+    path of OTLP/HTTP (a keep-alive request is read by receivers/http_fast.py; `Connection: close` by aiohttp)."""
     svc, ports = _service(tmp_path)
     spans = [span("getpatter.tts", {"patter.call.id": "CAdrain", "getpatter.tts.text_len": 5}) for _ in range(3)]
     body = request(spans).SerializeToString()
 
     async def scenario() -> None:
         await svc.start()
-        reader, writer = await _http(ports["http"], _post_head(ports["http"], len(body)) + body[:10])
+        reader, writer = await _http(ports["http"], _post_head(ports["http"], len(body), connection) + body[:10])
         await asyncio.sleep(0.2)  # the handler is waiting for the rest of the body
         stopping = asyncio.create_task(svc.shutdown(timeout=6))
         await asyncio.sleep(0.3)
@@ -128,7 +130,8 @@ def test_shutdown_drains_a_request_in_flight(tmp_path: Path) -> None:
     assert {s.span_id.hex() for s in spans} <= _wal_span_ids(tmp_path / "log")
 
 
-def test_shutdown_cuts_a_stalled_request_at_its_grace_without_acking(tmp_path: Path) -> None:
+@pytest.mark.parametrize("connection", ["close", "keep-alive"], ids=["aiohttp", "fast-path"])
+def test_shutdown_cuts_a_stalled_request_at_its_grace_without_acking(tmp_path: Path, connection: str) -> None:
     """A client that stalls mid-body cannot hold the process: it is cut after half the budget, never acked."""
     svc, ports = _service(tmp_path)
     spans = [span("getpatter.tts", {"patter.call.id": "CAstall"})]
@@ -136,7 +139,7 @@ def test_shutdown_cuts_a_stalled_request_at_its_grace_without_acking(tmp_path: P
 
     async def scenario() -> float:
         await svc.start()
-        reader, writer = await _http(ports["http"], _post_head(ports["http"], len(body)) + body[:5])
+        reader, writer = await _http(ports["http"], _post_head(ports["http"], len(body), connection) + body[:5])
         await asyncio.sleep(0.2)
         t0 = time.monotonic()
         assert await svc.shutdown(timeout=2) is True
