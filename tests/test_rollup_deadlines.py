@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_patter.processors.rollup import HEAP_SLACK
+from otel_patter.processors.rollup import HEAP_SLACK, TOUCHED_SLICE_MIN
 from tests.inproc import InProcess
 from tests.otlp import RECORDED_CALL_ID, recorded_call, request, tts_span
 
@@ -104,9 +104,9 @@ def test_a_spent_budget_still_finalizes_one_due_call_a_slice(tmp_path: Path) -> 
 
 
 def test_a_slice_judges_only_the_calls_it_finalizes_not_the_whole_backlog(tmp_path: Path) -> None:
-    # 300 due calls, one finalized a slice: the backlog waits in the heap, each call's deadline is computed once
-    # (it was 300 + 299 + ... : every slice re-judged every due call before finalizing any)
-    ip, ids = _backlog_of_due_calls(tmp_path, 300)
+    # 200 due calls, one finalized a slice: the backlog waits in the heap, each call's deadline is computed once
+    # (it was 200 + 199 + ... : every slice re-judged every due call before finalizing any)
+    ip, ids = _backlog_of_due_calls(tmp_path, 200)
     rollup = ip.pipeline.rollup
     rollup.tick(budget_s=0.0)  # the first slice also judges the calls touched since the last tick
     judged: list[str] = []
@@ -121,6 +121,25 @@ def test_a_slice_judges_only_the_calls_it_finalizes_not_the_whole_backlog(tmp_pa
         pass
     assert judged == ids[1:]
     assert all(rollup.calls[cid].final for cid in ids)
+
+
+def test_calls_touched_by_a_replay_are_judged_in_slices_before_any_is_finalized(tmp_path: Path) -> None:
+    # a restart's replay touches every open call at once: a spent budget still judges TOUCHED_SLICE_MIN of them a
+    # slice (10k in one go held the event loop ~35 ms), and nothing is finalized before all are judged, so calls
+    # end in their deadlines' order
+    ip, ids = _backlog_of_due_calls(tmp_path, 600)
+    rollup = ip.pipeline.rollup
+    finalized: list[str] = []
+    rollup.on_final.append(lambda state, envelope: finalized.append(state.call_id))
+    left = []
+    for _ in range(3):
+        assert rollup.tick(budget_s=0.0) is False
+        left.append((len(rollup._touched), len(finalized)))
+    assert TOUCHED_SLICE_MIN == 256
+    assert left == [(344, 0), (88, 0), (0, 1)]
+    while not rollup.tick(budget_s=0.0):
+        pass
+    assert finalized == ids
 
 
 def test_a_failing_store_gets_each_due_call_tried_once_a_tick_not_once_a_slice(tmp_path: Path) -> None:

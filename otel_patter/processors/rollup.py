@@ -52,6 +52,9 @@ EVICT_AFTER_S = 120.0
 EVICT_SWEEP_S = 5.0  # final calls are evicted by a sweep this often (not by every tick)
 EVICT_SLICE = 2000  # calls a tick slice looks at for eviction (a sweep of 100k calls at once held the loop ~80 ms)
 HEAP_SLACK = 1024  # stale deadline entries tolerated beyond two per call before the heap is rebuilt
+# touched calls a tick slice judges at least (~1 ms) before its budget may stop it: a restart's replay touches every
+# open call at once, and judging 10k in one go held the event loop ~35 ms (50k: ~190-315 ms)
+TOUCHED_SLICE_MIN = 256
 ENVELOPE_DEBOUNCE_S = 10.0  # an open call's envelope file is rewritten at most this often (the API is live)
 RECOVER_SLICE_S = 0.005  # the longest a background replay step holds the event loop after a restart
 RECOVER_ATTEMPTS = 3  # replays of one open call before it is left on disk (logged)
@@ -400,7 +403,13 @@ class RollupProcessor:
             self._touched |= self._retry_next_tick
             self._retry_next_tick.clear()
         heap = self._deadlines
-        for cid in self._touched:  # one live heap entry per call: a touch pushes only when its deadline moved
+        touched = self._touched
+        judged = 0
+        while touched:  # one live heap entry per call: a touch pushes only when its deadline moved
+            if judged >= TOUCHED_SLICE_MIN and stop_at is not None and time.perf_counter() >= stop_at:
+                break  # the rest at the next slice; finalizing waits for them (their deadlines may have moved)
+            judged += 1
+            cid = touched.pop()
             state = self.calls.get(cid)
             if state is None:
                 continue
@@ -412,7 +421,6 @@ class RollupProcessor:
             if state.dirty and not state.write_queued:
                 state.write_queued = True
                 heapq.heappush(self._envelopes_due, (_envelope_due_at(state), cid))
-        self._touched.clear()
         if len(heap) > HEAP_SLACK + 2 * len(self.calls):  # calls touched in many ticks left stale entries behind
             heap[:] = [(at, cid) for at, cid in heap if (st := self.calls.get(cid)) is not None and at == st.due_at]
             heapq.heapify(heap)
@@ -420,9 +428,9 @@ class RollupProcessor:
         # due calls stays in the heap untouched (collecting every due call first and pushing back those the budget
         # left made each slice re-judge the whole backlog: 10k due calls took ~26 ms a slice before the first
         # was finalized, so finalizing fell behind further and the ticker held the loop ever longer)
-        done = True
+        done = not touched
         finalized = 0
-        while heap and heap[0][0] <= now and not hold:
+        while heap and heap[0][0] <= now and not hold and not touched:  # deadlines first: finalized in their order
             if finalized and stop_at is not None and time.perf_counter() >= stop_at:
                 done = False  # the rest is still due: the next slice (at least one call a slice, so it progresses)
                 break
