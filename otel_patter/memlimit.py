@@ -138,6 +138,10 @@ class Hold:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give back what was held (`with` does it; a request held across reads calls it itself, once)."""
         lim = self.limiter
         lim.holders -= 1
         lim.inflight -= self.bytes

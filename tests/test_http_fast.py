@@ -8,7 +8,9 @@ answered yet. Both paths answer a request the same way; these tests drive real s
 from __future__ import annotations
 
 import http.client
+import random
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -217,23 +219,97 @@ def test_a_body_over_64_kib_goes_to_aiohttp_and_is_taken(service: InService) -> 
      b"Content-Length: 0\r\n\r\n", 404),
     (b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
      b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n\x0a\x00", 400),
-], ids=["GET", "other-path", "two-content-lengths"])
+    (b"POST /v1/traces HTTP/1.1\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n", 400),
+    (b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-protobuf\r\n"
+     + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"Content-Length: 0\r\n\r\n", 400),
+], ids=["GET", "other-path", "two-content-lengths", "no-host", "200-headers"])
 def test_what_the_fast_path_does_not_take_gets_aiohttps_answer(service: InService, data: bytes, status: int) -> None:
     assert _one(service, data)[0] == status
 
 
-@pytest.mark.parametrize(("body", "content_type"), [
-    (b"\xff\xff\xff", "application/x-protobuf"),  # malformed: 400
-    (b"{}", "text/plain"),  # unsupported: 415
-], ids=["malformed", "unsupported-type"])
-def test_a_refusal_is_the_same_answer_on_both_paths(service: InService, body: bytes, content_type: str) -> None:
+def _both_paths(service: InService, body: bytes, content_type: str) -> tuple[tuple[int, dict[str, str], bytes], ...]:
+    """The same request answered by the fast path, and chunked (so aiohttp answers it)."""
     fast = _one(service, _head(len(body), content_type=content_type) + body)
     chunked = (f"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
                f"Transfer-Encoding: chunked\r\n\r\n{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
-    slow = _one(service, chunked)
-    assert fast[0] == slow[0] and fast[0] in (400, 415)
+    return fast, _one(service, chunked)
+
+
+@pytest.mark.parametrize(("body", "content_type", "status"), [
+    (b"\xff\xff\xff", "application/x-protobuf", 400),  # malformed
+    (b"{}", "text/plain", 415),
+    (b"{}", "", 415),  # aiohttp reads an empty type as application/octet-stream: its message names that
+    (b"{}", "protobuf", 415),
+    (b"{}", "application/x-protobuf, application/json", 415),
+], ids=["malformed", "text-plain", "empty-type", "bare-protobuf", "two-types"])
+def test_a_refusal_is_the_same_answer_on_both_paths(service: InService, body: bytes, content_type: str,
+                                                     status: int) -> None:
+    fast, slow = _both_paths(service, body, content_type)
+    assert fast[0] == slow[0] == status
     assert fast[2] == slow[2]
     assert fast[1]["content-type"] == slow[1]["content-type"]
+
+
+def test_a_bug_in_a_handler_is_aiohttps_500_and_the_connection_ends(service: InService,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import otel_patter.receivers.otlp_http as otlp_http
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a bug in parse")
+
+    monkeypatch.setattr(otlp_http, "parse", broken)
+    fast, slow = _both_paths(service, _turn("CA-fast-bug"), "application/x-protobuf")
+    service.errors.clear()  # both logged the exception
+    assert fast[0] == slow[0] == 500
+    assert fast[2] == slow[2] == b"500 Internal Server Error\n\nServer got itself in trouble"
+    assert (fast[1]["content-type"], fast[1]["connection"]) == (slow[1]["content-type"], slow[1]["connection"])
+
+
+def test_a_head_arriving_in_pieces_stays_on_the_fast_path(service: InService) -> None:
+    fast = _receiver(service).fast
+    assert fast is not None
+    body = _turn("CA-fast-head-pieces")
+    data = _head(len(body)) + body
+    with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(data), 7):
+            sock.sendall(data[i:i + 7])
+            time.sleep(0.001)
+        assert _answer(sock, bytearray())[0] == 200
+        assert sock.getsockname() in {c.transport.get_extra_info("peername") for c in fast.connections}
+    assert _spans(service, "CA-fast-head-pieces") == 1
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_pipelined_requests_of_both_paths_cut_anywhere_are_each_answered_once_in_order(service: InService,
+                                                                                        seed: int) -> None:
+    """Plain, chunked, query-string and refused requests in one stream, sent in pieces of 1 byte to 5 KB: the
+    fast path answers until one is not plain, aiohttp from there, with every byte."""
+    rnd = random.Random(seed)
+    call_id = f"CA-fast-mix-{seed}"
+    data, expected = b"", []
+    for turn in range(rnd.randint(2, 8)):
+        body = _turn(call_id, turn)
+        kind = rnd.choice(["plain", "plain", "chunked", "query", "unsupported"])
+        if kind == "plain":
+            data += _head(len(body)) + body
+        elif kind == "chunked":
+            data += _chunked(body)
+        elif kind == "query":
+            data += _head(len(body)).replace(b"/v1/traces ", b"/v1/traces?x=1 ") + body
+        else:
+            data += _head(len(body), content_type="text/plain") + body
+        expected.append(415 if kind == "unsupported" else 200)
+    with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pos = 0
+        while pos < len(data):
+            step = rnd.choice([1, 1, 2, 7, 50, 300, 5000])
+            sock.sendall(data[pos:pos + step])
+            pos += step
+        buf = bytearray()
+        assert [_answer(sock, buf)[0] for _ in expected] == expected
+    assert _spans(service, call_id) == expected.count(200)
 
 
 def test_shutdown_closes_an_idle_fast_path_connection_at_once(tmp_path: Path) -> None:
@@ -265,3 +341,93 @@ def test_over_tls_a_connection_starts_fast_and_is_handed_off_intact(tmp_path: Pa
             sock.sendall(_head(len(body)) + body)
             assert _answer(sock, buf)[0] == 200
         assert _spans(s, "CA-fast-tls") == 3
+
+
+def _never_finished(s: InService, *extra: str) -> bytes:
+    """The answer to a request whose body never comes whole (read_timeout is 30 s there: an answer within
+    seconds was given from the head)."""
+    body = _turn("CA-fast-early")
+    with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        sock.sendall(_head(len(body), *extra) + body[:5])
+        sock.settimeout(SLACK)
+        return sock.recv(65536)
+
+
+def test_a_bad_token_is_refused_from_the_head_without_waiting_for_the_body(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"receivers.otlp.http.auth_token": "otlp-token-0123456789abcdef"}) as s:
+        said = _never_finished(s, "Authorization: Bearer wrong-token-0123456789")
+    assert said.startswith(b"HTTP/1.1 401 "), said[:100]
+    assert b'WWW-Authenticate: Bearer realm="otel-patter"' in said
+
+
+def test_over_the_memory_limit_a_body_is_refused_from_its_head(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"limits.memory_mib": 32}) as s:
+        said = _never_finished(s)
+    assert said.startswith(b"HTTP/1.1 503 "), said[:100]
+    assert b"Retry-After: " in said
+
+
+def test_a_body_arriving_is_held_against_the_memory_limit_until_answered_or_abandoned(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"limits.memory_mib": 4096}) as s:
+        memory = s.pipeline.memory
+
+        def held() -> tuple[int, int]:
+            return s.call(_held(memory))
+
+        body = _turn("CA-fast-held")
+        with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+            sock.sendall(_head(len(body)) + body[:10])
+            _until(lambda: held()[1] == 1)
+            assert held()[0] > 0
+            sock.sendall(body[10:])
+            assert _answer(sock, bytearray())[0] == 200
+            assert held() == (0, 0)
+            sock.sendall(_head(len(body)) + body[:10])
+            _until(lambda: held()[1] == 1)
+        _until(lambda: held() == (0, 0))  # the connection went away mid-body: given back
+
+
+async def _held(memory) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    return memory.inflight, memory.holders
+
+
+def _until(condition) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + SLACK
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_a_head_must_be_whole_read_timeout_after_connecting_however_late_it_starts(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"receivers.otlp.read_timeout": "2s"}) as s, \
+            socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        t0 = time.monotonic()
+        time.sleep(1.5)
+        sock.sendall(b"P")  # a head that never completes, started late
+        sock.settimeout(10)
+        assert sock.recv(100) == b""
+        closed_after = time.monotonic() - t0
+    assert closed_after < 3.0  # 2 s after connecting; a timer restarted by the late byte would say 3.5
+
+
+def test_aiohttps_handler_does_not_keep_a_large_body_alive_while_it_is_consumed(tmp_path: Path) -> None:
+    spans = [span("getpatter.tts", {"patter.call.id": "CA-fast-freed", "patter.turn.idx": i, "pad": "x" * 2000})
+             for i in range(1500)]
+    body = request(spans).SerializeToString()
+    holders: list[str] = []
+    with InService(tmp_path) as s:
+        consume = s.pipeline.consume_traces
+        route = _receiver(s).fast.routes["/v1/traces"].__closure__  # type: ignore[union-attr]
+        traces = next(c.cell_contents for c in route or () if type(c.cell_contents).__name__ == "_Route")
+
+        def spy(msg, transport):  # type: ignore[no-untyped-def]
+            frame = sys._getframe(1)
+            while frame is not None:
+                holders.extend(f"{frame.f_code.co_name}:{k}" for k, v in frame.f_locals.items()
+                               if isinstance(v, bytes | bytearray) and len(v) >= len(body))
+                frame = frame.f_back
+            return consume(msg, transport)
+
+        traces.consume = spy
+        assert _one(s, _head(len(body)) + body)[0] == 200  # over 64 KiB: aiohttp's
+    assert holders == []

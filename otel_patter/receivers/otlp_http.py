@@ -47,7 +47,7 @@ from otel_patter.receivers.decode import (
     parse,
     partial_success_response,
 )
-from otel_patter.receivers.http_fast import Answer, FastHttp, Handler
+from otel_patter.receivers.http_fast import Answer, FastHttp, Route
 from otel_patter.receivers.security import listener_auth, server_ssl_context
 
 log = logging.getLogger("otel_patter.receivers.http")
@@ -129,8 +129,9 @@ class OtlpHttpReceiver:
             try:
                 route.check(ct, request.headers.get("Authorization"))
                 with self.memory.hold(route.signal) as hold:
-                    raw = await self._read_body(request, hold)
-                    answer = route.process(ct, request.headers.get("Content-Encoding"), raw, hold)
+                    # the body is passed on, not kept here: `process` drops it before consuming (up to 16 MiB)
+                    answer = route.process(ct, request.headers.get("Content-Encoding"),
+                                           await self._read_body(request, hold), hold)
             except Refusal as r:
                 answer = _refusal_answer(r, ct)
             except _BodyTimeout:
@@ -139,18 +140,23 @@ class OtlpHttpReceiver:
 
         return handle
 
-    def _fast_handler(self, route: _Route) -> Handler:
-        """The same request handled by `http_fast` (a small body, already read whole)."""
-        def handle(ct: str, headers: dict[str, str], raw: bytes) -> Answer:
+    def _fast_route(self, route: _Route) -> Route:
+        """The same route for `http_fast`: what the aiohttp handler refuses before reading a body (token, content
+        type, memory for the declared length) refuses the request here too, so aiohttp answers it as early."""
+        def start(ct: str, headers: dict[str, str], size: int) -> _FastRequest | None:
             try:
                 route.check(ct, headers.get("authorization"))
-                with self.memory.hold(route.signal) as hold:
-                    hold.add(len(raw))  # as `_read_body` holds a declared length
-                    return route.process(ct, headers.get("content-encoding"), raw, hold)
-            except Refusal as r:
-                return _refusal_answer(r, ct)
+            except Refusal:
+                return None
+            hold = self.memory.hold(route.signal).__enter__()
+            try:
+                hold.add(size)  # as `_read_body` holds a declared length, while the body arrives
+            except Refusal:
+                hold.release()
+                return None
+            return _FastRequest(route, ct, headers.get("content-encoding"), hold)
 
-        return handle
+        return start
 
     async def _read_body(self, request: web.Request, hold: Hold) -> bytes:
         """The whole body, within the size limit, the memory limit and read_timeout."""
@@ -211,7 +217,7 @@ class OtlpHttpReceiver:
         await self.runner.setup()
         assert self.runner.server is not None
         # connections start on the fast path and move to aiohttp for anything it does not take (http_fast)
-        self.fast = FastHttp({path: self._fast_handler(route) for path, route in routes.items()},
+        self.fast = FastHttp({path: self._fast_route(route) for path, route in routes.items()},
                              self.runner.server, max_body=min(FAST_MAX_BODY, self.max_request_bytes),
                              idle_timeout=self.read_timeout)
         loop = asyncio.get_running_loop()
@@ -274,3 +280,26 @@ class _Route:
         if not result.rejected and not result.message:  # partial_success_response: an empty response
             return self.ok[ct]
         return Answer(200, encode_response(partial_success_response(self.resp_t, self.signal, result), ct), ct)
+
+
+class _FastRequest:
+    """A request `http_fast` took from its head: its memory hold lasts until it is answered or abandoned."""
+
+    __slots__ = ("ct", "encoding", "hold", "route")
+
+    def __init__(self, route: _Route, ct: str, encoding: str | None, hold: Hold) -> None:
+        self.route = route
+        self.ct = ct
+        self.encoding = encoding
+        self.hold = hold
+
+    def answer(self, body: bytes) -> Answer:
+        try:
+            return self.route.process(self.ct, self.encoding, body, self.hold)
+        except Refusal as r:
+            return _refusal_answer(r, self.ct)
+        finally:
+            self.hold.release()
+
+    def abandon(self) -> None:
+        self.hold.release()
