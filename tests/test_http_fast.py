@@ -7,17 +7,19 @@ answered yet. Both paths answer a request the same way; these tests drive real s
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import random
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from otel_patter.receivers.http_fast import FastHttpProtocol
 from otel_patter.receivers.otlp_http import OtlpHttpReceiver
 from tests.otlp import request, span
 from tests.reliability.certs import make_pki
@@ -130,6 +132,24 @@ def test_a_body_arriving_in_pieces_is_taken_once_it_is_whole(service: InService)
             time.sleep(0.01)
         assert _answer(sock, bytearray())[0] == 200
     assert _spans(service, "CA-fast-pieces") == 1
+
+
+def test_a_head_read_alone_then_its_body_in_pieces_is_taken_whole(service: InService) -> None:
+    """urllib3 (the OTel exporter's requests) sends a head and its body separately: a read may end at the head."""
+    body = _turn("CA-fast-head-alone")
+    with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(_head(len(body)))
+        time.sleep(0.2)  # read alone: nothing of its body yet
+        sock.sendall(body[:10])
+        time.sleep(0.2)
+        sock.sendall(body[10:])
+        buf = bytearray()
+        assert _answer(sock, buf)[:3:2] == (200, b"")
+        sock.sendall(_head(len(body)) + body)  # the same span again, on the same connection
+        assert _answer(sock, buf)[0] == 200
+        assert buf == b""  # nothing else was answered
+    assert _spans(service, "CA-fast-head-alone") == 1
 
 
 def test_two_pipelined_requests_are_answered_in_order(service: InService) -> None:
@@ -367,35 +387,114 @@ def test_over_the_memory_limit_a_body_is_refused_from_its_head(tmp_path: Path) -
     assert b"Retry-After: " in said
 
 
-def test_a_body_arriving_is_held_against_the_memory_limit_until_answered_or_abandoned(tmp_path: Path) -> None:
-    with InService(tmp_path, **{"limits.memory_mib": 4096}) as s:
-        memory = s.pipeline.memory
+def _holds(s: InService) -> tuple[int, int]:
+    """The memory limiter's (bytes held, requests holding), read on the service's event loop."""
+    async def read() -> tuple[int, int]:
+        return s.pipeline.memory.inflight, s.pipeline.memory.holders
 
-        def held() -> tuple[int, int]:
-            return s.call(_held(memory))
-
-        body = _turn("CA-fast-held")
-        with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
-            sock.sendall(_head(len(body)) + body[:10])
-            _until(lambda: held()[1] == 1)
-            assert held()[0] > 0
-            sock.sendall(body[10:])
-            assert _answer(sock, bytearray())[0] == 200
-            assert held() == (0, 0)
-            sock.sendall(_head(len(body)) + body[:10])
-            _until(lambda: held()[1] == 1)
-        _until(lambda: held() == (0, 0))  # the connection went away mid-body: given back
+    return s.call(read())  # type: ignore[no-any-return]
 
 
-async def _held(memory) -> tuple[int, int]:  # type: ignore[no-untyped-def]
-    return memory.inflight, memory.holders
-
-
-def _until(condition) -> None:  # type: ignore[no-untyped-def]
+def _until(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + SLACK
     while not condition():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.01)
+
+
+def test_a_body_arriving_is_held_against_the_memory_limit_until_answered_or_abandoned(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"limits.memory_mib": 4096}) as s:
+        body = _turn("CA-fast-held")
+        with socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+            sock.sendall(_head(len(body)) + body[:10])
+            _until(lambda: _holds(s)[1] == 1)
+            assert _holds(s)[0] > 0
+            sock.sendall(body[10:])
+            assert _answer(sock, bytearray())[0] == 200
+            assert _holds(s) == (0, 0)
+            sock.sendall(_head(len(body)) + body[:10])
+            _until(lambda: _holds(s)[1] == 1)
+        _until(lambda: _holds(s) == (0, 0))  # the connection went away mid-body: given back
+
+
+def test_a_body_never_whole_gets_408_and_its_hold_back(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"receivers.otlp.read_timeout": "1s", "limits.memory_mib": 4096}) as s, \
+            socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        body = _turn("CA-fast-408")
+        sock.sendall(_head(len(body)) + body[:5])
+        status, headers, _ = _answer(sock, bytearray())
+        assert (status, headers["connection"]) == (408, "close")
+        sock.settimeout(SLACK)
+        assert sock.recv(100) == b""
+        _until(lambda: _holds(s) == (0, 0))
+
+
+def test_shutdown_during_a_body_arriving_gives_its_hold_back_once(tmp_path: Path) -> None:
+    with InService(tmp_path, **{"limits.memory_mib": 4096, "shutdown_timeout": "2s"}) as s:
+        sock = socket.create_connection(("127.0.0.1", s.http_port))
+        body = _turn("CA-fast-shutdown-held")
+        sock.sendall(_head(len(body)) + body[:5])
+        _until(lambda: _holds(s)[1] == 1)
+        memory = s.pipeline.memory
+    try:
+        assert (memory.inflight, memory.holders) == (0, 0)  # not negative: released once
+        sock.settimeout(SLACK)
+        assert sock.recv(100) == b""
+    finally:
+        sock.close()
+
+
+def test_a_keep_alive_client_sending_every_few_seconds_is_never_cut(tmp_path: Path) -> None:
+    """As the SDK sends a quiet call (a batch every 5 s, read_timeout 30 s), scaled down: a request every 0.75 x
+    read_timeout, heads and bodies in pieces or whole, on one connection."""
+    with InService(tmp_path, **{"receivers.otlp.read_timeout": "1s"}) as s, \
+            socket.create_connection(("127.0.0.1", s.http_port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        for turn in range(4):
+            time.sleep(0.75)
+            body = _turn("CA-fast-every-few-seconds", turn)
+            data = _head(len(body)) + body
+            cut = (0, 20, len(data) - len(body) + 7)[turn % 3]  # whole; head in pieces; body in pieces
+            if cut:
+                sock.sendall(data[:cut])
+                time.sleep(0.1)
+            sock.sendall(data[cut:])
+            assert _answer(sock, buf)[0] == 200
+        assert _spans(s, "CA-fast-every-few-seconds") == 4
+
+
+def test_a_connection_waiting_for_its_client_to_read_keeps_no_timer_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fired = [0]
+    check = FastHttpProtocol._check_timers
+
+    def counted(self: FastHttpProtocol) -> None:
+        fired[0] += 1
+        check(self)
+
+    monkeypatch.setattr(FastHttpProtocol, "_check_timers", counted)
+    plain = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
+    with InService(tmp_path, **{"receivers.otlp.read_timeout": "0.5s"}) as s:
+        def paused() -> bool:
+            fast = _receiver(s).fast
+            assert fast is not None
+            return any(not c.transport.is_reading() for c in fast.connections)
+
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", s.http_port))
+            sock.setblocking(False)
+            deadline = time.monotonic() + 20
+            while not paused():  # requests it never reads the answers of, until the server stops reading
+                assert time.monotonic() < deadline, "never paused"
+                with contextlib.suppress(BlockingIOError):
+                    sock.send(plain * 1000)
+                time.sleep(0.02)
+            before = fired[0]
+            time.sleep(2.0)  # four read_timeouts
+            assert paused()
+            assert fired[0] - before <= 1  # no polling while it waits (it polled every 0.1 s)
 
 
 def test_a_head_must_be_whole_read_timeout_after_connecting_however_late_it_starts(tmp_path: Path) -> None:

@@ -145,6 +145,8 @@ class FastHttpProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._paused = False
         self._idle_since = self._loop.time()
+        if self._timer is None and not self.transport.is_closing():  # stopped while paused
+            self._timer = self._loop.call_later(self.owner.idle_timeout, self._check_timers)
         self.transport.resume_reading()
         if self._rest:
             self.data_received(b"")
@@ -167,15 +169,17 @@ class FastHttpProtocol(asyncio.Protocol):
                 return
         else:
             left = self._idle_since + self.owner.idle_timeout - now
-        if left > 0 or self._paused:
-            self._timer = self._loop.call_later(max(left, 0.1), self._check_timers)
+        if self._paused:  # waiting for the client to read its answers (aiohttp has no timeout for it either)
+            self._timer = None  # resume_writing arms it again
+        elif left > 0:
+            self._timer = self._loop.call_later(left, self._check_timers)
         else:
             self._timer = None
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         rest = self._rest
-        if rest:
+        if rest or self._request is not None:  # a head or body still arriving (its first read may hold none of it)
             rest += data  # a bytearray: what arrives in many small reads is copied once, not once a read
             if len(rest) < self._need or self._paused:
                 return
