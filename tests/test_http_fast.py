@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from otel_patter.receivers.http_fast import FastHttpProtocol
-from otel_patter.receivers.otlp_http import OtlpHttpReceiver
+from otel_patter.receivers.http_fast import FastHttp, FastHttpProtocol
 from tests.otlp import request, span
 from tests.reliability.certs import make_pki
 from tests.reliability.inservice import InService
@@ -35,9 +34,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InService]:
         yield s
 
 
-def _receiver(service: InService) -> OtlpHttpReceiver:
+def _fast(service: InService) -> FastHttp:
+    """The OTLP/HTTP listener's fast path (its `connections` are those it has not handed to aiohttp)."""
     assert service.service is not None and service.service.http is not None
-    return service.service.http
+    fast = service.service.http.fast
+    assert fast is not None
+    return fast
 
 
 def _turn(call_id: str, turn: int = 0) -> bytes:
@@ -89,8 +91,7 @@ def _spans(service: InService, call_id: str) -> int:
 
 
 def test_requests_on_one_keep_alive_connection_stay_on_the_fast_path(service: InService) -> None:
-    fast = _receiver(service).fast
-    assert fast is not None
+    fast = _fast(service)
     conn = http.client.HTTPConnection("127.0.0.1", service.http_port, timeout=10)  # head and body: two sends
     try:
         for turn in range(3):
@@ -169,8 +170,7 @@ def test_a_chunked_request_is_handed_to_aiohttp_which_answers_it(service: InServ
 
 
 def test_a_connection_handed_to_aiohttp_stays_there_and_keeps_being_answered(service: InService) -> None:
-    fast = _receiver(service).fast
-    assert fast is not None
+    fast = _fast(service)
     with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
         buf = bytearray()
         sock.sendall(_chunked(_turn("CA-fast-handed", 0)))
@@ -185,8 +185,7 @@ def test_a_connection_handed_to_aiohttp_stays_there_and_keeps_being_answered(ser
 def test_a_client_that_reads_its_answers_late_is_not_read_from_meanwhile(service: InService) -> None:
     """Requests pipelined while the answers back up: the server stops reading the connection until the client
     reads (pause_writing), then answers the rest, in order."""
-    fast = _receiver(service).fast
-    assert fast is not None
+    fast = _fast(service)
     one = _turn("CA-fast-late-reader")
     request_bytes = _head(len(one)) + one
     with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
@@ -286,8 +285,7 @@ def test_a_bug_in_a_handler_is_aiohttps_500_and_the_connection_ends(service: InS
 
 
 def test_a_head_arriving_in_pieces_stays_on_the_fast_path(service: InService) -> None:
-    fast = _receiver(service).fast
-    assert fast is not None
+    fast = _fast(service)
     body = _turn("CA-fast-head-pieces")
     data = _head(len(body)) + body
     with socket.create_connection(("127.0.0.1", service.http_port)) as sock:
@@ -477,8 +475,7 @@ def test_a_connection_waiting_for_its_client_to_read_keeps_no_timer_running(
     plain = b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n"
     with InService(tmp_path, **{"receivers.otlp.read_timeout": "0.5s"}) as s:
         def paused() -> bool:
-            fast = _receiver(s).fast
-            assert fast is not None
+            fast = _fast(s)
             return any(not c.transport.is_reading() for c in fast.connections)
 
         with socket.socket() as sock:
@@ -516,7 +513,7 @@ def test_aiohttps_handler_does_not_keep_a_large_body_alive_while_it_is_consumed(
     holders: list[str] = []
     with InService(tmp_path) as s:
         consume = s.pipeline.consume_traces
-        route = _receiver(s).fast.routes["/v1/traces"].__closure__  # type: ignore[union-attr]
+        route = _fast(s).routes["/v1/traces"].__closure__
         traces = next(c.cell_contents for c in route or () if type(c.cell_contents).__name__ == "_Route")
 
         def spy(msg, transport):  # type: ignore[no-untyped-def]
