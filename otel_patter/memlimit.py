@@ -133,15 +133,19 @@ class Hold:
         self.signal = signal
         self.bytes = 0
 
-    def __enter__(self) -> Hold:
+    def acquire(self) -> Hold:
+        """Start holding (`with` does it; a request held across reads calls it, then `release`, itself)."""
         self.limiter.holders += 1
         return self
+
+    def __enter__(self) -> Hold:
+        return self.acquire()
 
     def __exit__(self, *_: object) -> None:
         self.release()
 
     def release(self) -> None:
-        """Give back what was held (`with` does it; a request held across reads calls it itself, once)."""
+        """Give back what was held, once."""
         lim = self.limiter
         lim.holders -= 1
         lim.inflight -= self.bytes
