@@ -726,19 +726,20 @@ class PiiProcessor(Stage):
 
         def plan_of(ks: tuple[str, ...]) -> tuple[tuple[str, int], ...] | None:
             """The keys whose values need a look (not raw), or None when one is dropped (the fast path ends)."""
-            todo: list[tuple[str, int]] | None = []
+            todo: list[tuple[str, int]] = []
+            dropped = False
             for k in ks:
                 d = keys.get(k)
                 if d is None:
                     d = decide(k)
                 if d == _DROP:
-                    todo = None
+                    dropped = True
                     break
                 if d != _RAW:
-                    todo.append((k, d))  # type: ignore[union-attr]
+                    todo.append((k, d))
             if len(plans) >= _PLAN_CACHE_MAX:
                 plans.clear()
-            plans[ks] = plan = None if todo is None else tuple(todo)
+            plans[ks] = plan = None if dropped else tuple(todo)
             return plan
 
         def clean_attrs(attrs: dict[str, Any]) -> bool:

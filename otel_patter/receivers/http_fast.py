@@ -58,9 +58,9 @@ class Request(Protocol):
     def abandon(self) -> None: ...  # its body never came whole (timeout, connection lost, shutdown)
 
 
-# (content type without parameters, lower-case header name -> value, body size) -> the request, or None when it
-# is refused from its head alone (then aiohttp answers it, before reading its body, as it always did)
-Route = Callable[[str, dict[str, str], int], Request | None]
+# (lower-case header name -> value, body size) -> the request, or None when it is refused from its head alone (then
+# aiohttp answers it, before reading its body, as it always did)
+Route = Callable[[dict[str, str], int], Request | None]
 
 
 class FastHttp:
@@ -241,14 +241,13 @@ class FastHttpProtocol(asyncio.Protocol):
             headers[key] = value.strip(" \t")
         length = headers.get("content-length", "")
         connection = headers.get("connection")
-        ctype = headers.get("content-type")
-        if (not length.isdigit() or len(length) > 9 or ctype is None or "host" not in headers
+        if (not length.isdigit() or len(length) > 9 or "content-type" not in headers or "host" not in headers
                 or (connection is not None and connection.lower() != "keep-alive")):
             return _HAND_OFF
         size = int(length)
         if size > self.owner.max_body:
             return _HAND_OFF
-        request = route(ctype.split(";")[0].strip().lower(), headers, size)
+        request = route(headers, size)
         if request is None:  # refused from its head: aiohttp answers it as early
             return _HAND_OFF
         start = end + 4

@@ -57,8 +57,9 @@ log = logging.getLogger("otel_patter.receivers.http")
 FAST_MAX_BODY = 64 << 10
 
 
-def _content_type(request: web.Request) -> str:
-    return request.content_type.split(";")[0].strip().lower()
+def _media_type(content_type: str) -> str:
+    """A Content-Type without its parameters, lower case (aiohttp's parsed type, or the fast path's header)."""
+    return content_type.split(";")[0].strip().lower()
 
 
 def _refusal_answer(r: Refusal, content_type: str) -> Answer:
@@ -107,10 +108,10 @@ class OtlpHttpReceiver:
             ("/v1/logs", ExportLogsServiceRequest, ExportLogsServiceResponse, p.consume_logs, "logs"),
         )}
 
-    def app(self, routes: dict[str, _Route] | None = None) -> web.Application:
+    def app(self, routes: dict[str, _Route]) -> web.Application:
         # compressed bodies are bounded by the same limit; decompression is bounded separately
         app = web.Application(client_max_size=self.max_request_bytes)
-        for path, route in (routes or self._routes()).items():
+        for path, route in routes.items():
             app.router.add_post(path, self._counted(self._handler(route)))
         return app
 
@@ -126,7 +127,7 @@ class OtlpHttpReceiver:
 
     def _handler(self, route: _Route) -> Any:
         async def handle(request: web.Request) -> web.Response:
-            ct = _content_type(request)
+            ct = _media_type(request.content_type)
             try:
                 route.check(ct, request.headers.get("Authorization"))
                 with self.memory.hold(route.signal) as hold:
@@ -144,7 +145,8 @@ class OtlpHttpReceiver:
     def _fast_route(self, route: _Route) -> Route:
         """The same route for `http_fast`: what the aiohttp handler refuses before reading a body (token, content
         type, memory for the declared length) refuses the request here too, so aiohttp answers it as early."""
-        def start(ct: str, headers: dict[str, str], size: int) -> _FastRequest | None:
+        def start(headers: dict[str, str], size: int) -> _FastRequest | None:
+            ct = _media_type(headers["content-type"])
             try:
                 route.check(ct, headers.get("authorization"))
             except Refusal:
