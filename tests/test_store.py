@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -77,6 +78,28 @@ def test_a_torn_last_wal_line_is_skipped(tmp_path: Path) -> None:
     with open(tmp_path / "calls/2026/11/23/CAx/spans.jsonl", "ab") as fh:
         fh.write(b'{"type":"span","n":2')  # kill -9 in the middle of a write
     assert [line["n"] for line in store.read_wal("calls/2026/11/23/CAx")] == [1]
+
+
+def test_an_append_after_a_torn_last_wal_line_starts_a_line_of_its_own(tmp_path: Path) -> None:
+    # the next process appends the span a client sent again: glued onto the torn line, both were unreadable and the
+    # acknowledged one was lost (the long crash test found it, 1 run in 5)
+    EnvelopeStore(tmp_path).append_wal("calls/2026/11/23/CAx", ['{"type":"span","n":1}'])
+    with open(tmp_path / "calls/2026/11/23/CAx/spans.jsonl", "ab") as fh:
+        fh.write(b'{"type":"span","n":2')  # kill -9 in the middle of a write
+    after_restart = EnvelopeStore(tmp_path)
+    after_restart.append_wal("calls/2026/11/23/CAx", ['{"type":"span","n":2}'])
+    assert [line["n"] for line in after_restart.read_wal("calls/2026/11/23/CAx")] == [1, 2]
+
+
+def test_an_index_entry_after_a_torn_last_index_line_is_kept(tmp_path: Path) -> None:
+    store = EnvelopeStore(tmp_path)
+    asyncio.run(store.start())  # makes state/
+    store.append_index([{"id": "CAa", "dir": "calls/2026/11/23/CAa", "open": True, "revision": 1}])
+    with open(store.index_path, "ab") as fh:
+        fh.write(b'{"id": "CAb", "dir": "calls/20')  # kill -9 in the middle of a write
+    after_restart = EnvelopeStore(tmp_path)
+    after_restart.append_index([{"id": "CAc", "dir": "calls/2026/11/23/CAc", "open": True, "revision": 1}])
+    assert sorted(after_restart.read_index()) == ["CAa", "CAc"]
 
 
 def test_files_are_0600_and_directories_0700(tmp_path: Path) -> None:

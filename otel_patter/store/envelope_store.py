@@ -61,7 +61,6 @@ class FileOps:
 
     def __init__(self, fsync: bool) -> None:
         self.fsync = fsync
-        self._torn: set[str] = set()  # appends that failed half-way and could not be cut back
 
     def _write_all(self, fd: int, data: bytes) -> None:
         """Write every byte (a full disk first shortens a write, then fails the next one)."""
@@ -76,25 +75,23 @@ class FileOps:
             view = view[n:]
 
     def append(self, path: str | Path, data: bytes) -> None:
-        """Append whole lines or nothing: a failed append is cut back to where it started, so the
-        next line never glues onto half of this one (which would make a reader skip both)."""
-        path = os.fspath(path)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+        """Append whole lines or nothing, never glued onto half a line (which would make a reader skip both, and
+        so lose the acknowledged one): a failed append is cut back to where it started, and a file that does not
+        end its last line (a kill -9 cut a write short; a cut-back failed) gets that line ended first, so readers
+        skip it alone as one bad line."""
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
         try:
             start = os.lseek(fd, 0, os.SEEK_END)
-            if path in self._torn:
-                data = b"\n" + data  # end the torn line: readers skip it as one bad line
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data
             try:
                 self._write_all(fd, data)
                 if self.fsync:
                     os.fsync(fd)
             except OSError:
-                try:
+                with contextlib.suppress(OSError):  # then the next append ends the torn line (above)
                     os.ftruncate(fd, start)
-                except OSError:
-                    self._torn.add(path)
                 raise
-            self._torn.discard(path)
         finally:
             os.close(fd)
 
